@@ -1,0 +1,345 @@
+"""The engine: messages in, an answer out, every reusable segment compressed at most once.
+
+One request, as data::
+
+    messages -> segments (+ tail) -> for each segment: key -> store (RAM, disk) or compress
+             -> KVContext (segments at contiguous positions, RoPE applied once)
+             -> prefill the tail, decode, report usage and timings
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from beacon_rag.compressors import Compressor, get_compressor, prefill_pre_rope
+from beacon_rag.generation import (
+    Generation,
+    GenerationStream,
+    SamplingParams,
+    SegmentUse,
+    Usage,
+    decode_tokens,
+    now,
+)
+from beacon_rag.kv import CompressedKV, KVContext
+from beacon_rag.models import LoadedModel, beacon_rag_home, load_model
+from beacon_rag.segments import (
+    PLACEMENTS,
+    ROOT_CONTEXT,
+    Block,
+    KeyContext,
+    Message,
+    Segment,
+    build_segments,
+    chain,
+    segment_key,
+)
+from beacon_rag.store import DiskTier, Entry, MemoryTier, TieredStore
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MEMORY_BYTES = 1 << 30
+DEFAULT_DISK_BYTES = 10 << 30
+
+
+class ContextTooLongError(ValueError):
+    """The prompt does not fit the model's window: positions past it were never trained."""
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("BEACON_RAG_CACHE_DIR", beacon_rag_home() / "kv"))
+
+
+MessageLike = Message | dict[str, Any]
+
+
+def as_messages(messages: Sequence[MessageLike] | str) -> list[Message]:
+    """Accept ``Message`` objects, ``{"role", "content"}`` dicts, or a bare user string."""
+    if isinstance(messages, str):
+        return [Message("user", messages)]
+    out = []
+    for m in messages:
+        if isinstance(m, Message):
+            out.append(m)
+        elif isinstance(m, dict) and "role" in m and "content" in m:
+            out.append(Message(m["role"], m["content"]))
+        else:
+            raise TypeError(f"a message must be a Message or a dict with role and content, got {m!r}")
+    return out
+
+
+def rag_messages(
+    question: str,
+    documents: Sequence[str],
+    *,
+    system: str | None = "Answer the question using the documents.",
+    titles: Sequence[str | None] | None = None,
+) -> list[Message]:
+    """The canonical RAG prompt: system, then one user turn with one block per document.
+
+    The instruction before the documents is a shared (cached) prefix; each document is its own
+    segment; only the question and the generation prompt are prefilled per request.
+    """
+    titles = list(titles) if titles is not None else [None] * len(documents)
+    blocks = [Block("Documents:\n\n", cache=True)]
+    for index, (text, title) in enumerate(zip(documents, titles)):
+        header = f"[{title}]\n" if title else ""
+        blocks.append(Block(f"{header}{text.strip()}\n\n", document=True, id=title or f"doc{index}"))
+    blocks.append(Block(f"Question: {question.strip()}"))
+    messages = [Message("system", system)] if system else []
+    return [*messages, Message("user", blocks)]
+
+
+@dataclass
+class _Resolved:
+    context: KVContext
+    uses: list[SegmentUse]
+    tail_ids: list[int]
+
+
+class Engine:
+    """Serve requests over a model with content-addressed, compressed KV segments.
+
+    ``placement``: ``"chained"`` compresses each segment after everything before it (prefix
+    semantics, exact with the ``exact`` compressor); ``"independent"`` compresses each document
+    after the shared prefix only, so documents are reused in any order (approximate; see
+    ``repair_tokens``, which re-encodes the first tokens of each later document in place).
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel | str | os.PathLike[str] | None = None,
+        *,
+        compressor: str | Compressor = "exact",
+        compressor_options: dict[str, Any] | None = None,
+        placement: str = "chained",
+        repair_tokens: int = 0,
+        cache_dir: str | os.PathLike[str] | None = None,
+        persist: bool = True,
+        memory_bytes: int = DEFAULT_MEMORY_BYTES,
+        disk_bytes: int = DEFAULT_DISK_BYTES,
+        kv_dtype: torch.dtype | None = None,
+        namespace: str = "",
+    ) -> None:
+        if placement not in PLACEMENTS:
+            raise ValueError(f"unknown placement {placement!r}; use one of {', '.join(PLACEMENTS)}")
+        if repair_tokens < 0:
+            raise ValueError(f"repair_tokens must be >= 0, got {repair_tokens}")
+        self.lm = model if isinstance(model, LoadedModel) else load_model(model)
+        self.compressor = (
+            get_compressor(compressor, **(compressor_options or {})) if isinstance(compressor, str) else compressor
+        )
+        if repair_tokens and self.compressor.name != "exact":
+            raise ValueError("repair_tokens re-encodes raw tokens in place; it needs the exact compressor")
+        self.placement = placement
+        self.repair_tokens = repair_tokens
+        self.kv_dtype = kv_dtype or self.lm.dtype
+        self.key_context = KeyContext(
+            model_fingerprint=self.lm.fingerprint,
+            tokenizer_digest=self.lm.tokenizer_digest,
+            compressor=self.compressor.spec(),
+            kv_dtype=str(self.kv_dtype).removeprefix("torch."),
+            namespace=namespace,
+        )
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.store = TieredStore(
+            MemoryTier(memory_bytes),
+            DiskTier(self.cache_dir, max_bytes=disk_bytes) if persist else None,
+        )
+        self.compressions = 0
+
+    # ----------------------------------------------------------------- requests
+    def stream(
+        self,
+        messages: Sequence[MessageLike] | str,
+        params: SamplingParams | None = None,
+        **sampling: Any,
+    ) -> GenerationStream:
+        """Answer ``messages``; iterate the returned object for text deltas."""
+        params = params or SamplingParams(**_sampling_kwargs(sampling))
+        started = now()
+        resolved = self._resolve(as_messages(messages), params)
+        room = self.lm.max_positions - resolved.context.length - len(resolved.tail_ids)
+        if room < params.max_new_tokens:
+            logger.warning("only %d positions left in the model window; answer capped there", room)
+            params = replace(params, max_new_tokens=max(room, 1))
+        cache = resolved.context.to_cache()
+        state: dict[str, Any] = {}
+        first: list[float] = []
+
+        def finish() -> Generation:
+            reads = sum(u.raw_tokens for u in resolved.uses if u.source != "computed")
+            created = sum(u.raw_tokens for u in resolved.uses if u.source == "computed")
+            usage = Usage(
+                input_tokens=resolved.context.raw_tokens + len(resolved.tail_ids),
+                cache_read_tokens=reads,
+                cache_creation_tokens=created,
+                output_tokens=len(state["token_ids"]),
+            )
+            total = now() - started
+            return Generation(
+                text=state["text"],
+                token_ids=list(state["token_ids"]),
+                finish_reason=state["finish_reason"],
+                usage=usage,
+                ttft_s=(first[0] - started) if first else total,
+                total_s=total,
+                segments=resolved.uses,
+                model_name=self.lm.name,
+            )
+
+        deltas = decode_tokens(self.lm, cache, resolved.tail_ids, params, lambda: first.append(now()), state)
+        return GenerationStream(deltas, finish)
+
+    def generate(
+        self,
+        messages: Sequence[MessageLike] | str,
+        params: SamplingParams | None = None,
+        **sampling: Any,
+    ) -> Generation:
+        """Answer ``messages`` and return the whole ``Generation`` (text, usage, timings)."""
+        return self.stream(messages, params, **sampling).collect()
+
+    def ask(self, question: str, documents: Sequence[str], **kwargs: Any) -> Generation:
+        """RAG convenience: one question over documents, with the canonical prompt layout."""
+        system = kwargs.pop("system", "Answer the question using the documents.")
+        return self.generate(rag_messages(question, documents, system=system), **kwargs)
+
+    def prompt_token_ids(self, messages: Sequence[MessageLike] | str) -> list[int]:
+        """The exact token sequence a request stands for (segments then tail)."""
+        segments, tail = build_segments(self.lm, as_messages(messages))
+        return [t for s in segments for t in s.token_ids] + tail.token_ids
+
+    def warm(self, messages: Sequence[MessageLike] | str) -> list[SegmentUse]:
+        """Compress and store every cacheable segment of a request without generating."""
+        return self._resolve(as_messages(messages), None).uses
+
+    def ingest_documents(self, documents: Iterable[str], system: str | None = "Answer the question using the documents.") -> list[SegmentUse]:
+        """Precompute each document's cache as it would be used by ``ask`` (one by one)."""
+        uses: list[SegmentUse] = []
+        for text in documents:
+            uses.extend(u for u in self.warm(rag_messages("", [text], system=system)) if u.kind == "document")
+        return uses
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "model": self.lm.name,
+            "compressor": self.compressor.spec(),
+            "placement": self.placement,
+            "compressions": self.compressions,
+            "store": self.store.stats(),
+        }
+
+    def close(self) -> None:
+        if self.store.disk is not None:
+            self.store.disk.close()
+
+    # ----------------------------------------------------------------- internals
+    def _resolve(self, messages: list[Message], params: SamplingParams | None) -> _Resolved:
+        segments, tail = build_segments(self.lm, messages)
+        self._check_window(segments, tail, params)
+        context = KVContext(self.lm)
+        uses: list[SegmentUse] = []
+        running = ROOT_CONTEXT
+        group: tuple[str, KVContext] | None = None  # (parent key, context) shared by a run of documents
+        for segment in segments:
+            independent = self.placement == "independent" and segment.kind == "document"
+            if independent:
+                if group is None:
+                    group = (running, context.copy())
+                parent, compute_context = group
+            else:
+                group = None
+                parent, compute_context = running, context
+            placement = "independent" if independent else "chained"
+            key = segment_key(self.key_context, placement, parent, segment.token_ids)
+            kv, source = self._fetch(key, segment, compute_context, placement, parent)
+            if independent and self.repair_tokens and context.length > compute_context.length:
+                kv = self._repair(kv, segment.token_ids, context)
+            context.append(kv)
+            running = chain(running, key)
+            uses.append(SegmentUse(key, segment.kind, segment.label, source, kv.raw_tokens, kv.slots))
+        self._check_positions(context, tail.token_ids)
+        return _Resolved(context, uses, tail.token_ids)
+
+    def _fetch(
+        self, key: str, segment: Segment, context: KVContext, placement: str, parent: str
+    ) -> tuple[CompressedKV, str]:
+        identity = {**self.key_context.header(placement, parent), "tokens": len(segment.token_ids)}
+
+        def compute() -> Entry:
+            started = now()
+            kv = self.compressor.compress(self.lm, segment.token_ids, context).to(self.kv_dtype)
+            self.compressions += 1
+            logger.debug("compressed %s (%d tokens -> %d slots) in %.3f s", key[:12], kv.raw_tokens,
+                         kv.slots, now() - started)
+            return Entry(kv.tensors(), {"identity": identity, "kv": kv.describe()})
+
+        entry, source = self.store.get_or_compute(key, compute, expect={"identity": identity})
+        try:
+            return CompressedKV.from_tensors(entry.tensors, entry.meta["kv"]), source
+        except (KeyError, ValueError, TypeError) as err:
+            # A structurally valid entry whose tensors disagree with their description: never use it.
+            logger.warning("cache entry %s is inconsistent (%s); recomputing", key[:12], err)
+            for tier in (self.store.memory, self.store.disk):
+                if tier is not None:
+                    tier.delete(key)
+            entry, source = self.store.get_or_compute(key, compute, expect={"identity": identity})
+            return CompressedKV.from_tensors(entry.tensors, entry.meta["kv"]), source
+
+    def _repair(self, kv: CompressedKV, token_ids: list[int], context: KVContext) -> CompressedKV:
+        """Re-encode a document's first tokens after the documents now before it (EPIC-style).
+
+        An independently encoded document's first tokens act as an attention sink that never
+        saw the other documents; recomputing a few of them in the real context removes most
+        of the gap at a cost of ``repair_tokens`` per document.
+        """
+        count = min(self.repair_tokens, len(token_ids))
+        keys, values = prefill_pre_rope(self.lm, token_ids[:count], context)
+        return CompressedKV(
+            torch.cat([keys.to(kv.keys.dtype), kv.keys[:, :, count:]], dim=2),
+            torch.cat([values.to(kv.values.dtype), kv.values[:, :, count:]], dim=2),
+            kv.raw_tokens,
+            dict(kv.info),
+        )
+
+    def _check_window(self, segments: list[Segment], tail: Segment, params: SamplingParams | None) -> None:
+        """Refuse early what cannot fit, before any compute is spent on it.
+
+        With ``exact`` every token is a slot, so the raw token count must fit the window; a
+        compressing method is checked on the slots it actually produced (``_check_positions``).
+        """
+        if self.compressor.name != "exact":
+            return
+        window = self.lm.max_positions
+        for segment in segments:
+            if len(segment.token_ids) > window:
+                name = f"document {segment.label!r}" if segment.kind == "document" else f"a {segment.kind} segment"
+                raise ContextTooLongError(
+                    f"{name} has {len(segment.token_ids)} tokens, more than the model window of {window}; "
+                    "split it into chunks (for example with a text splitter) or use a compressor"
+                )
+        total = sum(len(s.token_ids) for s in segments) + len(tail.token_ids)
+        if total > window:
+            raise ContextTooLongError(f"the prompt has {total} tokens, more than the model window of {window}")
+
+    def _check_positions(self, context: KVContext, tail_ids: list[int]) -> None:
+        used = context.length + len(tail_ids)
+        if used > self.lm.max_positions:
+            raise ContextTooLongError(
+                f"the prompt needs {used} positions ({context.length} cached slots + {len(tail_ids)} live "
+                f"tokens), more than the model window of {self.lm.max_positions}"
+            )
+
+
+def _sampling_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    if "stop" in options:
+        stop = options["stop"]
+        options["stop"] = () if stop is None else ((stop,) if isinstance(stop, str) else tuple(stop))
+    return options

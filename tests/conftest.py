@@ -1,0 +1,55 @@
+"""Shared fixtures: the embedded model (real text) and tiny random models (mechanics).
+
+Tiny models borrow the embedded tokenizer (and its chat template), so segment building is the
+real thing while forward passes take milliseconds.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from beacon_rag.models import LoadedModel, load_model, model_from_objects
+
+FAMILIES = ("llama", "qwen2", "mistral")
+
+
+@pytest.fixture(scope="session")
+def embedded() -> LoadedModel:
+    return load_model()
+
+
+def tiny_model(family: str, tokenizer, seed: int = 0, max_positions: int = 4096) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    config = {
+        "llama": lambda: LlamaConfig(**common),
+        "qwen2": lambda: Qwen2Config(**common, use_sliding_window=False),
+        "mistral": lambda: MistralConfig(**common, sliding_window=None),
+    }[family]()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # Random init with std 0.02 gives near-uniform logits; widen it so greedy choices are
+    # decided by clear margins rather than float noise.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.2)
+    return model_from_objects(model, tokenizer, name=f"tiny-{family}-{seed}")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(embedded) -> dict[str, LoadedModel]:
+    return {family: tiny_model(family, embedded.tokenizer) for family in FAMILIES}
