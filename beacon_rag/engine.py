@@ -264,7 +264,7 @@ class Engine:
                 kv = self._repair(kv, segment.token_ids, context)
             context.append(kv)
             running = chain(running, key)
-            uses.append(SegmentUse(key, segment.kind, segment.label, source, kv.raw_tokens, kv.slots))
+            uses.append(SegmentUse(key, segment.kind, segment.label, source, kv.raw_tokens, kv.slots, kv.nbytes))
         self._check_positions(context, tail.token_ids)
         return _Resolved(context, uses, tail.token_ids)
 

@@ -67,6 +67,7 @@ class SegmentUse:
     source: str  # "memory" | "disk" | "computed"
     raw_tokens: int
     slots: int
+    nbytes: int = 0
 
 
 @dataclass

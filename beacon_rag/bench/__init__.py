@@ -1,0 +1,1 @@
+"""Benchmarks behind ``beacon-rag bench ...``: every figure is measured side by side in one run."""
