@@ -37,8 +37,6 @@ def build_engine(args: argparse.Namespace, **overrides: Any) -> Any:
     from beacon_rag.engine import Engine
 
     options = {} if args.ratio is None else {"ratio": args.ratio}
-    if args.compressor == "exact" and args.ratio is not None:
-        raise SystemExit("error: --ratio applies to compressing methods; the exact compressor keeps every token")
     repair = args.repair_tokens
     if repair is None:
         repair = DEFAULT_REPAIR_TOKENS if args.placement == "independent" and args.compressor == "exact" else 0
@@ -221,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "compressor", None) == "exact" and getattr(args, "ratio", None) is not None:
+        raise SystemExit("error: --ratio applies to compressing methods; the exact compressor keeps every token")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:

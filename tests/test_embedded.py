@@ -1,0 +1,92 @@
+"""End-to-end checks on the embedded SmolLM2-135M-Instruct: real text, real disk, real processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from beacon_rag import Engine, rag_messages
+from beacon_rag.documents import read_documents, sample_documents_dir
+from beacon_rag.models import load_model
+
+pytestmark = pytest.mark.embedded
+
+QUESTION = "How tall is the lighthouse on Kestrel Point?"
+
+
+@pytest.fixture(scope="module")
+def sample_docs():
+    return read_documents([sample_documents_dir()])
+
+
+def cli(*args: str, cache_dir) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "beacon_rag.cli", *args, "--cache-dir", str(cache_dir)],
+        capture_output=True, text=True, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_embedded_model_loads_fast_the_second_time(embedded):
+    assert embedded.family == "llama" and embedded.num_layers == 30
+    assert len(embedded.fingerprint) == 64
+    # The converted folder and remembered fingerprint make a later start-up cheap and identical.
+    done = subprocess.run(
+        [sys.executable, "-c", "from beacon_rag.models import load_model; m = load_model(); "
+         "print(m.fingerprint, round(m.load_seconds, 2))"],
+        capture_output=True, text=True, check=True,
+    )
+    fingerprint, seconds = done.stdout.split()
+    assert fingerprint == embedded.fingerprint
+    assert float(seconds) < 10.0, "start-up repeated the GGUF dequantization"
+
+
+def test_exact_chained_matches_plain_transformers(embedded, sample_docs, tmp_path):
+    engine = Engine(embedded, cache_dir=tmp_path, placement="chained")
+    messages = rag_messages(QUESTION, [d.text for d in sample_docs], titles=[d.title for d in sample_docs])
+    ids = engine.prompt_token_ids(messages)
+    with torch.inference_mode():
+        out = embedded.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=24,
+                                      pad_token_id=embedded.tokenizer.eos_token_id)
+    expected = [t for t in out[0, len(ids):].tolist() if t not in embedded.eos_token_ids]
+    cold = engine.generate(messages, max_new_tokens=24)
+    warm = engine.generate(messages, max_new_tokens=24)
+    assert cold.token_ids == expected
+    assert warm.token_ids == expected
+    assert "31" in cold.text  # the model really read the documents
+    assert warm.usage.cache_read_tokens == cold.usage.cache_creation_tokens > 400
+
+
+def test_cache_hit_across_process_restart(sample_docs, tmp_path):
+    args = ("ask", "--docs", str(sample_documents_dir()), "--question", QUESTION, "--json", "--max-tokens", "24")
+    cold = cli(*args, cache_dir=tmp_path)
+    warm = cli(*args, cache_dir=tmp_path)
+    assert cold["usage"]["cache_creation_tokens"] > 400 and cold["usage"]["cache_read_tokens"] == 0
+    assert warm["usage"]["cache_read_tokens"] == cold["usage"]["cache_creation_tokens"]
+    assert warm["usage"]["cache_creation_tokens"] == 0
+    assert warm["answer"] == cold["answer"]
+    assert warm["ttft_s"] < cold["ttft_s"]
+
+
+def test_ingest_then_ask_reads_every_document(tmp_path):
+    report = cli("ingest", str(sample_documents_dir()), cache_dir=tmp_path)
+    assert report["documents"] == 4 and report["compressed"] == 4 and report["failed"] == 0
+    again = cli("ingest", str(sample_documents_dir()), cache_dir=tmp_path)
+    assert again["compressed"] == 0 and again["already_cached"] == 4
+    answer = cli("ask", "--docs", str(sample_documents_dir()), "--question", QUESTION, "--json",
+                 "--max-tokens", "8", cache_dir=tmp_path)
+    assert answer["usage"]["cache_read_tokens"] >= report["tokens"]
+    stats = cli("cache", "stats", cache_dir=tmp_path)
+    assert stats["entries"] >= 5
+    cleared = cli("cache", "clear", cache_dir=tmp_path)
+    assert cleared["cleared_entries"] == stats["entries"]
+    assert cli("cache", "stats", cache_dir=tmp_path)["entries"] == 0
+
+
+def test_shared_model_instance(embedded):
+    assert load_model() is embedded
