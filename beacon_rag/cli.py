@@ -172,9 +172,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from beacon_rag.bench import ttft
-
-    result = ttft.run(args)
+    result = args.bench_module.run(args)
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
 
@@ -209,11 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
-    from beacon_rag.bench import ttft
+    from beacon_rag.bench import placement, ttft
 
-    ttft_parser = bench_sub.add_parser("ttft", help="time to first token: full prefill vs cold vs warm")
-    ttft.add_arguments(ttft_parser)
-    ttft_parser.set_defaults(func=cmd_bench)
+    for name, module, summary in [
+        ("ttft", ttft, "time to first token: full prefill vs cold vs warm"),
+        ("placement", placement, "multi-document QA: independent placement (and repair) vs full prefill"),
+    ]:
+        bench_parser = bench_sub.add_parser(name, help=summary)
+        module.add_arguments(bench_parser)
+        bench_parser.set_defaults(func=cmd_bench, bench_module=module)
     return parser
 
 

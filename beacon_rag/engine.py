@@ -216,6 +216,16 @@ class Engine:
         segments, tail = build_segments(self.lm, as_messages(messages))
         return [t for s in segments for t in s.token_ids] + tail.token_ids
 
+    def next_token_logprobs(self, messages: Sequence[MessageLike] | str) -> torch.Tensor:
+        """Log-probabilities of the first answer token: a continuous measure of what a cached
+        context does to the model, used to compare placements and compressors."""
+        resolved = self._resolve(as_messages(messages), None)
+        cache = resolved.context.to_cache()
+        with self.lm.lock, torch.inference_mode():
+            out = self.lm.model(input_ids=torch.tensor([resolved.tail_ids], device=self.lm.device),
+                                past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return torch.log_softmax(out.logits[0, -1].float(), dim=-1).cpu()
+
     def warm(self, messages: Sequence[MessageLike] | str) -> list[SegmentUse]:
         """Compress and store every cacheable segment of a request without generating."""
         return self._resolve(as_messages(messages), None).uses
