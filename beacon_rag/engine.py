@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -153,6 +154,7 @@ class Engine:
             DiskTier(self.cache_dir, max_bytes=disk_bytes) if persist else None,
         )
         self.compressions = 0
+        self._count_lock = threading.Lock()
 
     # ----------------------------------------------------------------- requests
     def stream(
@@ -286,7 +288,8 @@ class Engine:
         def compute() -> Entry:
             started = now()
             kv = self.compressor.compress(self.lm, segment.token_ids, context).to(self.kv_dtype)
-            self.compressions += 1
+            with self._count_lock:
+                self.compressions += 1
             logger.debug("compressed %s (%d tokens -> %d slots) in %.3f s", key[:12], kv.raw_tokens,
                          kv.slots, now() - started)
             return Entry(kv.tensors(), {"identity": identity, "kv": kv.describe()})

@@ -90,3 +90,19 @@ def test_ingest_then_ask_reads_every_document(tmp_path):
 
 def test_shared_model_instance(embedded):
     assert load_model() is embedded
+
+
+def test_bench_ttft_reports_every_field(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "beacon_rag.cli", "bench", "ttft", "--context-tokens", "256", "--docs", "2",
+         "--runs", "1", "--cold-runs", "1", "--json"],
+        capture_output=True, text=True, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    for field in ("context_tokens", "documents", "question_tokens", "full_prefill_s", "cold_s", "warm_ram_s",
+                  "warm_disk_s", "question_only_s", "kv_bytes_per_token", "full_kv_bytes_per_token", "same_answer"):
+        assert field in report
+    assert 200 < report["context_tokens"] < 320 and report["documents"] == 2
+    assert report["kv_bytes_per_token"] == report["full_kv_bytes_per_token"] == 46080  # exact, fp32
+    assert report["same_answer"] is True
