@@ -14,7 +14,7 @@ import os
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -98,7 +98,9 @@ def rag_messages(
 
 
 @dataclass
-class _Resolved:
+class Prepared:
+    """A request with its context in place: cached segments laid out, the tail still to prefill."""
+
     context: KVContext
     uses: list[SegmentUse]
     tail_ids: list[int]
@@ -166,7 +168,7 @@ class Engine:
         """Answer ``messages``; iterate the returned object for text deltas."""
         params = params or SamplingParams(**_sampling_kwargs(sampling))
         started = now()
-        resolved = self._resolve(as_messages(messages), params)
+        resolved = self.prepare(messages)
         room = self.lm.max_positions - resolved.context.length - len(resolved.tail_ids)
         if room < params.max_new_tokens:
             logger.warning("only %d positions left in the model window; answer capped there", room)
@@ -221,7 +223,7 @@ class Engine:
     def next_token_logprobs(self, messages: Sequence[MessageLike] | str) -> torch.Tensor:
         """Log-probabilities of the first answer token: a continuous measure of what a cached
         context does to the model, used to compare placements and compressors."""
-        resolved = self._resolve(as_messages(messages), None)
+        resolved = self.prepare(messages)
         cache = resolved.context.to_cache()
         with self.lm.lock, torch.inference_mode():
             out = self.lm.model(input_ids=torch.tensor([resolved.tail_ids], device=self.lm.device),
@@ -230,14 +232,7 @@ class Engine:
 
     def warm(self, messages: Sequence[MessageLike] | str) -> list[SegmentUse]:
         """Compress and store every cacheable segment of a request without generating."""
-        return self._resolve(as_messages(messages), None).uses
-
-    def ingest_documents(self, documents: Iterable[str], system: str | None = "Answer the question using the documents.") -> list[SegmentUse]:
-        """Precompute each document's cache as it would be used by ``ask`` (one by one)."""
-        uses: list[SegmentUse] = []
-        for text in documents:
-            uses.extend(u for u in self.warm(rag_messages("", [text], system=system)) if u.kind == "document")
-        return uses
+        return self.prepare(messages).uses
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -252,10 +247,10 @@ class Engine:
         if self.store.disk is not None:
             self.store.disk.close()
 
-    # ----------------------------------------------------------------- internals
-    def _resolve(self, messages: list[Message], params: SamplingParams | None) -> _Resolved:
-        segments, tail = build_segments(self.lm, messages)
-        self._check_window(segments, tail, params)
+    def prepare(self, messages: Sequence[MessageLike] | str) -> Prepared:
+        """Find or compress every segment of ``messages`` and lay them out; nothing is generated."""
+        segments, tail = build_segments(self.lm, as_messages(messages))
+        self._check_window(segments, tail)
         context = KVContext(self.lm)
         uses: list[SegmentUse] = []
         running = ROOT_CONTEXT
@@ -278,8 +273,9 @@ class Engine:
             running = chain(running, key)
             uses.append(SegmentUse(key, segment.kind, segment.label, source, kv.raw_tokens, kv.slots, kv.nbytes))
         self._check_positions(context, tail.token_ids)
-        return _Resolved(context, uses, tail.token_ids)
+        return Prepared(context, uses, tail.token_ids)
 
+    # ----------------------------------------------------------------- internals
     def _fetch(
         self, key: str, segment: Segment, context: KVContext, placement: str, parent: str
     ) -> tuple[CompressedKV, str]:
@@ -322,7 +318,7 @@ class Engine:
             dict(kv.info),
         )
 
-    def _check_window(self, segments: list[Segment], tail: Segment, params: SamplingParams | None) -> None:
+    def _check_window(self, segments: list[Segment], tail: Segment) -> None:
         """Refuse early what cannot fit, before any compute is spent on it.
 
         With ``exact`` every token is a slot, so the raw token count must fit the window; a

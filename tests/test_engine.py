@@ -51,7 +51,7 @@ def test_exact_chained_equals_plain_prefill(tiny_models, family, tmp_path):
     cached = sum(u.raw_tokens for u in result.segments)
     with torch.inference_mode():
         plain = lm.model(torch.tensor([ids[:cached]]), use_cache=True).past_key_values
-    placed = engine._resolve(messages, None).context.to_cache()
+    placed = engine.prepare(messages).context.to_cache()
     for layer in range(lm.num_layers):
         torch.testing.assert_close(placed.layers[layer].keys, plain.layers[layer].keys, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(placed.layers[layer].values, plain.layers[layer].values, rtol=1e-5, atol=1e-5)
@@ -113,9 +113,9 @@ def test_independent_first_document_is_exact_and_repair_recomputes(tiny_models, 
     repair re-encodes the first tokens of later documents in the real context."""
     lm = tiny_models["mistral"]
     messages = rag_messages(QUESTION, DOCS)
-    chained = Engine(lm, persist=False)._resolve(messages, None).context.joined()
-    plain_ind = Engine(lm, persist=False, placement="independent")._resolve(messages, None)
-    repaired = Engine(lm, persist=False, placement="independent", repair_tokens=8)._resolve(messages, None)
+    chained = Engine(lm, persist=False).prepare(messages).context.joined()
+    plain_ind = Engine(lm, persist=False, placement="independent").prepare(messages)
+    repaired = Engine(lm, persist=False, placement="independent", repair_tokens=8).prepare(messages)
     uses = plain_ind.uses
     first_doc_end = sum(u.raw_tokens for u in uses[: [u.kind for u in uses].index("document") + 1])
     torch.testing.assert_close(plain_ind.context.joined()[0][:, :, :first_doc_end], chained[0][:, :, :first_doc_end])

@@ -17,7 +17,6 @@ divergence of the first answer token's distribution from ``full``'s (0 = identic
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 from dataclasses import dataclass

@@ -1,0 +1,290 @@
+"""The fast Activation Beacon compression: one ordinary transformers forward per window.
+
+How a segment of ``n`` tokens is compressed after a context of ``L`` slots (window ``W``, ratio ``r``):
+
+* Windows: window ``k`` holds raw tokens ``[kW, min((k+1)W, n))``.
+* Interleaving: one beacon follows every ``r`` raw tokens. A last *partial* window of ``m`` tokens gets
+  ``ceil(m / r)`` beacons: one after every ``r`` raw tokens plus one after the remainder. The official
+  code keeps a partial window raw (it waits for more tokens); we compress it because a cached segment
+  is final (nothing more will arrive to fill its window) and short conversation turns should be
+  compressed too, not stored raw.
+* Positions are the order in memory: the window's sequence starts at the current memory length,
+  ``L + sink kept + beacons kept so far``, so beacons move to packed positions when their window ends
+  (the official rule; placement with ``KVContext`` uses the same rule).
+* Attention is plain causal over ``[memory | window sequence]``: raw tokens and beacons see all of
+  memory and everything before them in the window, earlier beacons included ("full coverage").
+* Beacon positions use the plug-in's q/k/v(/o) projections, raw positions the base ones; embeddings of
+  beacons are the plug-in's ``beacon_embed``; MLP and norms are shared.
+* After a window only its beacons' K/V are kept (keys before RoPE); its raw K/V are dropped, and the
+  beacons are appended to memory before the next window.
+* Sink: when the context is empty (``L == 0``) the first ``s`` raw tokens of the segment also stay raw
+  forever (they are in window 0, so window 0's beacons see them as usual, and are then kept as raw
+  slots at the head of memory). With a non-empty context the context's own head plays that role.
+* ``r = 0`` keeps every window raw: the result equals an exact prefill.
+
+Rather than patching the model's classes, the per-position choice of projection is made by forward
+hooks on each layer's ``q_proj``/``k_proj``/``v_proj``(/``o_proj``): the hook recomputes the beacon
+rows with the plug-in's projection and records the (pre-RoPE) keys and values, as
+``compressors.base.prefill_pre_rope`` does. Hooks are removed in ``finally`` so a failed forward never
+leaves the shared model altered; the model lock is held throughout.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+
+import torch
+
+from beacon_rag.beacon.plugin import BeaconPlugin
+from beacon_rag.kv import CompressedKV, KVContext, rotary_tables, rotate
+from beacon_rag.models import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+ALLOWED_RATIOS = (2, 4, 8, 16, 32)
+
+
+def validate(window: int, ratio: int, sink: int) -> None:
+    """Reject configurations the method does not define (same checks as the official ``filter_ratio``)."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a positive integer, got {window!r}")
+    if isinstance(sink, bool) or not isinstance(sink, int) or sink < 0:
+        raise ValueError(f"sink must be a non-negative integer, got {sink!r}")
+    if ratio != 0 and ratio not in ALLOWED_RATIOS:
+        raise ValueError(
+            f"ratio must be one of {', '.join(map(str, ALLOWED_RATIOS))} (or 0 = keep raw, "
+            f"or 'adapt'), got {ratio!r}"
+        )
+    if ratio and window % ratio:
+        raise ValueError(f"window {window} must be a multiple of ratio {ratio}")
+    if sink > window:
+        raise ValueError(f"sink {sink} must not exceed the window {window} (the sink lies in window 0)")
+
+
+def beacon_layout(raw: int, ratio: int) -> list[bool]:
+    """The window's input sequence for ``raw`` tokens: ``True`` where a beacon sits.
+
+    One beacon after every ``ratio`` raw tokens, plus one after a trailing remainder, so ``raw``
+    tokens get ``ceil(raw / ratio)`` beacons; ``ratio == 0`` adds none.
+    """
+    layout: list[bool] = []
+    for i in range(raw):
+        layout.append(False)
+        if ratio and ((i + 1) % ratio == 0 or i == raw - 1):
+            layout.append(True)
+    return layout
+
+
+def _windows(n: int, window: int) -> Iterable[tuple[int, int]]:
+    for start in range(0, n, window):
+        yield start, min(start + window, n)
+
+
+def _kept_in_window(start: int, raw: int, ratio: int, sink: int, context_length: int) -> int:
+    if ratio == 0:
+        return raw
+    sink_kept = min(sink, raw) if (start == 0 and context_length == 0) else 0
+    return sink_kept + -(-raw // ratio)
+
+
+def slot_count(n: int, window: int, ratio: int, sink: int = 0, context_length: int = 0) -> int:
+    """Slots a segment of ``n`` tokens occupies once compressed.
+
+    ``n`` for ``ratio == 0``; otherwise ``sink kept + (n // W) * (W // r) + ceil((n % W) / r)`` where
+    the sink is ``min(sink, n)`` after an empty context and 0 otherwise.
+    """
+    if ratio == 0:
+        return n
+    sink_kept = min(sink, n) if context_length == 0 else 0
+    full, rest = divmod(n, window)
+    return sink_kept + full * (window // ratio) + -(-rest // ratio)
+
+
+def peak_positions(n: int, window: int, ratio: int, sink: int = 0, context_length: int = 0) -> int:
+    """The highest position count used while compressing (memory so far + the live window sequence)."""
+    memory, peak = context_length, context_length
+    for start, end in _windows(n, window):
+        raw = end - start
+        peak = max(peak, memory + len(beacon_layout(raw, ratio)))
+        memory += _kept_in_window(start, raw, ratio, sink, context_length)
+    return peak
+
+
+def choose_ratio(
+    n: int,
+    context_length: int,
+    window: int,
+    max_positions: int,
+    reserve: int,
+    sink: int = 0,
+    candidates: Iterable[int] = ALLOWED_RATIOS,
+) -> int:
+    """``adapt``: the smallest ratio whose compressed segment still fits the model's positions.
+
+    A ratio ``r`` fits when both (a) the compression itself stays within ``max_positions``
+    (memory so far plus the live window sequence, ``peak_positions``) and (b) the context, the
+    compressed segment and ``reserve`` positions for what follows (question, answer) fit:
+    ``context_length + slot_count(n, r) + reserve <= max_positions``. This is the exact form of the
+    official rule of thumb "a ratio r supports about (max_positions - W) * r + W tokens". Ratios
+    that do not divide the window are skipped. If none fits, the largest is used (as the official
+    code does) and a warning is logged: the engine's own position check then reports the overflow.
+    """
+    usable = sorted(r for r in candidates if r and window % r == 0)
+    if not usable:
+        raise ValueError(f"no ratio among {tuple(candidates)} divides the window {window}")
+    for ratio in usable:
+        fits_while_compressing = peak_positions(n, window, ratio, sink, context_length) <= max_positions
+        final = context_length + slot_count(n, window, ratio, sink, context_length) + reserve
+        if fits_while_compressing and final <= max_positions:
+            return ratio
+    logger.warning(
+        "no beacon ratio fits %d tokens after %d slots within %d positions (reserve %d); using %d",
+        n, context_length, max_positions, reserve, usable[-1],
+    )
+    return usable[-1]
+
+
+class _BeaconRouting:
+    """Forward hooks that send beacon rows through the plug-in's projections and record K/V.
+
+    ``set_mask`` names the beacon rows of the next forward. Keys and values are recorded after the
+    substitution, i.e. exactly what attention consumes, before RoPE.
+    """
+
+    def __init__(self, lm: LoadedModel, plugin: BeaconPlugin) -> None:
+        self.lm, self.plugin = lm, plugin
+        self.beacon_rows: torch.Tensor | None = None
+        self.keys: list[torch.Tensor | None] = [None] * lm.num_layers
+        self.values: list[torch.Tensor | None] = [None] * lm.num_layers
+        self._handles: list[Any] = []
+
+    def set_mask(self, is_beacon: torch.Tensor) -> None:
+        rows = torch.nonzero(is_beacon, as_tuple=False).flatten()
+        self.beacon_rows = rows if rows.numel() else None
+        self.keys = [None] * self.lm.num_layers
+        self.values = [None] * self.lm.num_layers
+
+    def _hook(self, layer: int, which: str):
+        beacon_proj = self.plugin.layers[layer].projection(which)
+
+        def hook(_module: torch.nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
+            rows = self.beacon_rows
+            if rows is not None and beacon_proj is not None:
+                replaced = beacon_proj(args[0].index_select(1, rows))
+                out = out.index_copy(1, rows, replaced)
+            if which == "k":
+                self.keys[layer] = out
+            elif which == "v":
+                self.values[layer] = out
+            return out
+
+        return hook
+
+    def __enter__(self) -> _BeaconRouting:
+        try:
+            for index, layer in enumerate(self.lm.model.model.layers):
+                attn = layer.self_attn
+                for which in ("q", "k", "v", "o"):
+                    if which == "o" and not self.plugin.with_o:
+                        continue
+                    module = getattr(attn, f"{which}_proj")
+                    self._handles.append(module.register_forward_hook(self._hook(index, which)))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def _heads(flat: torch.Tensor, rows: torch.Tensor, lm: LoadedModel) -> torch.Tensor:
+    """[1, T, kv_heads*dim] projection output, selected rows -> [kv_heads, rows, dim]."""
+    picked = flat[0].index_select(0, rows)
+    return picked.view(picked.shape[0], lm.num_kv_heads, lm.head_dim).transpose(0, 1)
+
+
+def compress_segment(
+    lm: LoadedModel,
+    plugin: BeaconPlugin,
+    token_ids: list[int],
+    context: KVContext,
+    *,
+    window: int,
+    ratio: int,
+    sink: int = 0,
+    grad: bool = False,
+) -> CompressedKV:
+    """Compress ``token_ids`` placed after ``context`` (left unmodified) into sink + beacon slots.
+
+    ``grad=False`` runs under ``torch.inference_mode`` and returns CPU tensors, as the exact
+    compressor does; ``grad=True`` keeps the autograd graph through every window (gradients reach
+    the plug-in's parameters through the cached beacon K/V of earlier windows), which is what
+    training needs, and leaves the tensors on the model's device.
+    """
+    validate(window, ratio, sink)
+    n, context_length = len(token_ids), context.length
+    if n == 0:
+        empty = torch.empty(lm.num_layers, lm.num_kv_heads, 0, lm.head_dim, dtype=lm.dtype)
+        return CompressedKV(empty, empty.clone(), raw_tokens=0, info=_info(window, ratio, 0, 0))
+    device = lm.device
+    decoder = lm.model.model
+    ids = torch.tensor(token_ids, dtype=torch.long, device=device)
+    kept_keys: list[list[torch.Tensor]] = [[] for _ in range(lm.num_layers)]
+    kept_values: list[list[torch.Tensor]] = [[] for _ in range(lm.num_layers)]
+    sink_kept = 0
+    mode = torch.enable_grad() if grad else torch.inference_mode()
+    with lm.lock, mode, _BeaconRouting(lm, plugin) as routing:
+        cache = context.to_cache()
+        memory = context_length
+        windows = list(_windows(n, window))
+        for number, (start, end) in enumerate(windows):
+            raw = end - start
+            layout = beacon_layout(raw, ratio)
+            is_beacon = torch.tensor(layout, dtype=torch.bool, device=device)
+            # Row i of the window's input is raw token source[i] or, at beacons, the beacon embedding
+            # (index ``raw`` of ``table``): a gather keeps the beacon embedding in the autograd graph.
+            raw_positions = torch.nonzero(~is_beacon).flatten()
+            beacon_positions = torch.nonzero(is_beacon).flatten()
+            source = torch.full((len(layout),), raw, dtype=torch.long, device=device)
+            source[raw_positions] = torch.arange(raw, device=device)
+            table = torch.cat([decoder.embed_tokens(ids[start:end]), plugin.beacon_embed.to(lm.dtype)])
+            routing.set_mask(is_beacon)
+            decoder(inputs_embeds=table[source][None], past_key_values=cache, use_cache=True)
+
+            if ratio == 0:
+                keep = torch.arange(len(layout), device=device)
+            else:
+                window_sink = min(sink, raw) if (start == 0 and context_length == 0) else 0
+                sink_kept += window_sink
+                keep = torch.cat([raw_positions[:window_sink], beacon_positions])
+            for layer in range(lm.num_layers):
+                kept_keys[layer].append(_heads(routing.keys[layer], keep, lm))
+                kept_values[layer].append(_heads(routing.values[layer], keep, lm))
+            count = int(keep.numel())
+            if number + 1 < len(windows) and ratio != 0:
+                # Drop the window's raw entries and re-place what is kept at packed positions.
+                cos, sin = rotary_tables(lm, memory, count)
+                for layer in range(lm.num_layers):
+                    slot = cache.layers[layer]
+                    new_keys = rotate(kept_keys[layer][-1], cos, sin)[None]
+                    slot.keys = torch.cat([slot.keys[:, :, :memory], new_keys], dim=2)
+                    slot.values = torch.cat([slot.values[:, :, :memory], kept_values[layer][-1][None]], dim=2)
+            # With ratio 0 the cache already holds exactly the kept (raw) entries at their positions.
+            memory += count
+        keys = torch.stack([torch.cat(chunks, dim=1) for chunks in kept_keys])
+        values = torch.stack([torch.cat(chunks, dim=1) for chunks in kept_values])
+    if not grad:
+        keys, values = keys.cpu(), values.cpu()
+    beacons = memory - context_length - sink_kept if ratio else 0
+    logger.debug("beacon-compressed %d tokens into %d slots (ratio %s, window %d, sink %d)",
+                 n, keys.shape[2], ratio, window, sink_kept)
+    return CompressedKV(keys, values, raw_tokens=n, info=_info(window, ratio, sink_kept, beacons))
+
+
+def _info(window: int, ratio: int, sink_kept: int, beacons: int) -> dict[str, Any]:
+    return {"compressor": "beacon", "window": window, "ratio": ratio, "sink": sink_kept, "beacons": beacons}
+

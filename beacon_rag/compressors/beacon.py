@@ -1,0 +1,151 @@
+"""``beacon``: Activation Beacon compression (every ``ratio`` tokens folded into one slot per layer).
+
+The compressor is a thin configuration holder over ``beacon_rag.beacon.compress_segment``; what it
+adds is the identity that goes into cache keys (``spec``) and the choice of plug-in weights:
+a trained plug-in (a ``BeaconPlugin`` or a folder saved by ``BeaconPlugin.save``), or, when none is
+given, the untrained plug-in (copies of the base projections), built once per model.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import threading
+import weakref
+from typing import Any
+
+from beacon_rag.beacon.compress import ALLOWED_RATIOS, choose_ratio, compress_segment, validate
+from beacon_rag.beacon.plugin import BeaconPlugin
+from beacon_rag.kv import CompressedKV, KVContext
+from beacon_rag.models import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WINDOW = 1024  # the Llama-3 release's window; Qwen-2 and Mistral used 2048
+DEFAULT_RESERVE = 512  # positions left free by ratio="adapt" for the question and the answer
+UNTRAINED_ID = "untrained-v1"  # bump if the untrained initialisation ever changes
+
+# Untrained plug-ins, one per loaded model: building one copies every q/k/v projection, which
+# should happen once per model, not once per compressor instance or per request.
+_UNTRAINED: "weakref.WeakKeyDictionary[Any, BeaconPlugin]" = weakref.WeakKeyDictionary()
+_UNTRAINED_LOCK = threading.Lock()
+
+
+def untrained_plugin(lm: LoadedModel) -> BeaconPlugin:
+    """The untrained plug-in of ``lm``, built on first use and shared."""
+    with _UNTRAINED_LOCK:
+        plugin = _UNTRAINED.get(lm.model)
+        if plugin is None:
+            logger.warning(
+                "no beacon weights given: using the UNTRAINED plug-in for %s (beacon projections are "
+                "copies of the base ones); compression quality will be poor", lm.name,
+            )
+            plugin = BeaconPlugin.from_model(lm)
+            _UNTRAINED[lm.model] = plugin
+        return plugin
+
+
+class BeaconCompressor:
+    """Activation Beacon with a fixed window, a ratio (or ``"adapt"``) and an optional sink.
+
+    ``plugin`` is ``None`` (untrained plug-in), a ``BeaconPlugin``, or a path to a saved plug-in
+    (loaded lazily, on first ``compress`` or ``spec``, and checked against the model then).
+    """
+
+    name = "beacon"
+
+    def __init__(
+        self,
+        ratio: int | str = 8,
+        window: int = DEFAULT_WINDOW,
+        sink: int = 0,
+        plugin: BeaconPlugin | str | os.PathLike[str] | None = None,
+        reserve: int = DEFAULT_RESERVE,
+    ) -> None:
+        if isinstance(ratio, str):
+            if ratio != "adapt":
+                raise ValueError(
+                    f"ratio must be one of {', '.join(map(str, ALLOWED_RATIOS))}, 0 (keep raw) or 'adapt', "
+                    f"got {ratio!r}"
+                )
+            validate(window, 0, sink)
+            if not any(window % r == 0 for r in ALLOWED_RATIOS):
+                raise ValueError(f"ratio 'adapt' needs a window divisible by one of {ALLOWED_RATIOS}")
+        else:
+            validate(window, ratio, sink)
+        if reserve < 0:
+            raise ValueError(f"reserve must be non-negative, got {reserve}")
+        self.ratio, self.window, self.sink, self.reserve = ratio, window, sink, reserve
+        self._plugin: BeaconPlugin | None = plugin if isinstance(plugin, BeaconPlugin) else None
+        self._plugin_path = None if plugin is None or isinstance(plugin, BeaconPlugin) else os.fspath(plugin)
+        self._lock = threading.Lock()
+        self._ready: dict[int, BeaconPlugin] = {}  # per model (by id), checked and converted
+        self._digest: str | None = None
+
+    def _source(self) -> BeaconPlugin:
+        """The plug-in as given or as saved (loaded on first need), before any dtype/device move."""
+        with self._lock:
+            if self._plugin is None:
+                assert self._plugin_path is not None
+                self._plugin = BeaconPlugin.load(self._plugin_path)
+            return self._plugin
+
+    def plugin_for(self, lm: LoadedModel) -> BeaconPlugin:
+        """The plug-in used with ``lm``: checked against it once, in its dtype and on its device.
+
+        A plug-in in another dtype or device is copied, not moved, so the given object (and the
+        digest computed from it) stays as it was.
+        """
+        if self._plugin is None and self._plugin_path is None:
+            return untrained_plugin(lm)
+        source = self._source()
+        with self._lock:
+            ready = self._ready.get(id(lm.model))
+            if ready is None:
+                source.check_model(lm)
+                param = source.beacon_embed
+                ready = source
+                if param.dtype != lm.dtype or param.device != lm.device:
+                    ready = copy.deepcopy(source).to(device=lm.device, dtype=lm.dtype)
+                self._ready[id(lm.model)] = ready
+            return ready
+
+    def spec(self) -> dict[str, Any]:
+        """Name, ratio, window, sink (and reserve for ``adapt``) and the plug-in's digest.
+
+        The untrained plug-in is named ``"untrained-v1"`` instead of a digest: its tensors are a
+        function of the base weights, whose fingerprint is part of every key anyway, and the spec
+        must be known before any model is at hand (the engine asks for it at construction).
+        ``"untrained": true`` makes such entries easy to spot. A saved plug-in is loaded here
+        (lazily) so its digest, not its path, enters the key. The digest is computed once
+        (hashing a 7B model's beacon weights takes seconds): do not modify a plug-in in place after
+        handing it to a compressor.
+        """
+        spec: dict[str, Any] = {"name": self.name, "ratio": self.ratio, "window": self.window, "sink": self.sink}
+        if self._plugin is None and self._plugin_path is None:
+            spec["plugin"] = UNTRAINED_ID
+            spec["untrained"] = True
+        else:
+            source = self._source()
+            if self._digest is None:
+                self._digest = source.digest()
+            spec["plugin"] = self._digest
+            if not source.config.get("trained", True):
+                spec["untrained"] = True
+        if self.ratio == "adapt":
+            spec["reserve"] = self.reserve
+        return spec
+
+    def resolve_ratio(self, lm: LoadedModel, n: int, context_length: int) -> int:
+        """The ratio for one segment: fixed, or chosen by ``adapt`` from the position budget."""
+        if self.ratio != "adapt":
+            return int(self.ratio)
+        return choose_ratio(n, context_length, self.window, lm.max_positions, self.reserve, self.sink)
+
+    def compress(self, lm: LoadedModel, token_ids: list[int], context: KVContext) -> CompressedKV:
+        plugin = self.plugin_for(lm)
+        ratio = self.resolve_ratio(lm, len(token_ids), context.length)
+        return compress_segment(
+            lm, plugin, list(token_ids), context, window=self.window, ratio=ratio, sink=self.sink
+        )
