@@ -128,3 +128,22 @@ def test_entry_of_another_model_is_never_used(embedded, tmp_path):
     result = fresh_b.generate(messages, max_new_tokens=6)
     assert result.segments[0].source == "computed"
     assert result.token_ids == from_b.token_ids
+
+
+def test_model_folder_loads_with_fingerprint_of_its_weights(embedded, tmp_path, monkeypatch):
+    from beacon_rag.models import weights_digest
+
+    monkeypatch.setenv("BEACON_RAG_HOME", str(tmp_path / "home"))
+    tiny = tiny_model("qwen2", embedded.tokenizer, seed=5)
+    tiny.model.save_pretrained(tmp_path / "qwen")
+    embedded.tokenizer.save_pretrained(tmp_path / "qwen")
+    loaded = load_model(tmp_path / "qwen")
+    assert loaded.family == "qwen2"
+    assert loaded.fingerprint == weights_digest(tiny.model) == tiny.fingerprint
+    assert load_model(tmp_path / "qwen") is loaded  # shared, not reloaded
+    assert list((tmp_path / "home" / "fingerprints").glob("*.json"))  # remembered for the next start-up
+    # Same answer as the in-memory model: the folder round trip changed nothing.
+    messages = rag_messages(QUESTION, DOCS)
+    a = Engine(loaded, persist=False).generate(messages, max_new_tokens=5)
+    b = Engine(tiny, persist=False).generate(messages, max_new_tokens=5)
+    assert a.token_ids == b.token_ids
