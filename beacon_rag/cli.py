@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from beacon_rag.compressors import compressor_options, parse_ratio
 from beacon_rag.documents import Document, DocumentError, read_documents, sample_documents_dir
 
 logger = logging.getLogger("beacon_rag.cli")
@@ -18,30 +19,27 @@ DEMO_QUESTION = "Who built the lighthouse on Kestrel Point, and when was it comp
 DEMO_FOLLOW_UP = "How tall is the lighthouse?"
 
 
-def _engine_options(parser: argparse.ArgumentParser) -> None:
+def _engine_options(parser: argparse.ArgumentParser, placement: str = "chained") -> None:
     parser.add_argument("--model", default=None, help="model folder or .gguf file (default: embedded SmolLM2)")
     parser.add_argument("--compressor", default="exact", help="exact | beacon")
-    parser.add_argument("--ratio", type=int, default=None, help="compression ratio (compressing methods only)")
-    parser.add_argument("--placement", default="independent", choices=["chained", "independent"],
-                        help="independent: documents reusable in any order (default); chained: exact prefix")
-    parser.add_argument("--repair-tokens", type=int, default=None,
+    parser.add_argument("--ratio", type=parse_ratio, default=None,
+                        help="compression ratio (beacon): 2, 4, 8, 16, 32, 0 (raw) or adapt")
+    parser.add_argument("--window", type=int, default=None, help="beacon window in raw tokens (beacon only)")
+    parser.add_argument("--placement", default=placement, choices=["chained", "independent"],
+                        help=f"chained: exact, documents reused as a prefix; independent: documents reused in "
+                        f"any order, approximate (see README) (default: {placement})")
+    parser.add_argument("--repair-tokens", type=int, default=0,
                         help="re-encode this many first tokens of each later document (independent placement)")
     parser.add_argument("--cache-dir", default=None, help="disk tier folder (default: $BEACON_RAG_CACHE_DIR or "
                         "~/.cache/beacon-rag/kv)")
 
 
-DEFAULT_REPAIR_TOKENS = 16
-
-
 def build_engine(args: argparse.Namespace, **overrides: Any) -> Any:
     from beacon_rag.engine import Engine
 
-    options = {} if args.ratio is None else {"ratio": args.ratio}
-    repair = args.repair_tokens
-    if repair is None:
-        repair = DEFAULT_REPAIR_TOKENS if args.placement == "independent" and args.compressor == "exact" else 0
+    options = compressor_options(args.ratio, args.window)
     kwargs: dict[str, Any] = dict(compressor=args.compressor, compressor_options=options, placement=args.placement,
-                                  repair_tokens=repair, cache_dir=args.cache_dir)
+                                  repair_tokens=args.repair_tokens, cache_dir=args.cache_dir)
     kwargs.update(overrides)
     try:
         return Engine(args.model, **kwargs)
@@ -192,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = sub.add_parser("ingest", help="precompute document caches for files or folders")
     ingest.add_argument("paths", nargs="+")
-    _engine_options(ingest)
+    _engine_options(ingest, placement="independent")
     ingest.set_defaults(func=cmd_ingest)
 
     cache = sub.add_parser("cache", help="disk cache statistics or removal")
@@ -221,8 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "compressor", None) == "exact" and getattr(args, "ratio", None) is not None:
-        raise SystemExit("error: --ratio applies to compressing methods; the exact compressor keeps every token")
+    if getattr(args, "compressor", None) == "exact" and (
+        getattr(args, "ratio", None) is not None or getattr(args, "window", None) is not None
+    ):
+        raise SystemExit("error: --ratio and --window apply to compressing methods; exact keeps every token")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:

@@ -60,14 +60,14 @@ def test_files_that_cannot_be_read(tmp_path):
 
 
 def test_unknown_compressor_placement_and_ratio(tiny_models, tmp_path):
-    with pytest.raises(ValueError, match="unknown compressor 'zip'; available: exact"):
+    with pytest.raises(ValueError, match="unknown compressor .zip.; available: beacon, exact"):
         Engine(tiny_models["llama"], compressor="zip", cache_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown placement"):
         Engine(tiny_models["llama"], placement="random", cache_dir=tmp_path)
     with pytest.raises(ValueError, match="repair_tokens must be >= 0"):
         Engine(tiny_models["llama"], repair_tokens=-1, cache_dir=tmp_path)
     done = run_cli("ask", "--docs", "README.md", "--question", "q", "--ratio", "4")
-    assert done.returncode != 0 and "--ratio applies to compressing methods" in done.stderr
+    assert done.returncode != 0 and "--ratio and --window apply to compressing methods" in done.stderr
     with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
         Engine(tiny_models["llama"], cache_dir=tmp_path).generate("hi", max_new_tokens=0)
 

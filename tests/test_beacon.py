@@ -11,8 +11,16 @@ import json
 
 import pytest
 import torch
+from conftest import FAMILIES, tiny_model
 
-from beacon_rag.beacon import BeaconPlugin, BeaconWeightsError, beacon_layout, choose_ratio, compress_segment, slot_count
+from beacon_rag.beacon import (
+    BeaconPlugin,
+    BeaconWeightsError,
+    beacon_layout,
+    choose_ratio,
+    compress_segment,
+    slot_count,
+)
 from beacon_rag.beacon.compress import peak_positions
 from beacon_rag.beacon.reference import reference_compress
 from beacon_rag.compressors import Compressor, prefill_pre_rope
@@ -20,9 +28,18 @@ from beacon_rag.compressors.beacon import UNTRAINED_ID, BeaconCompressor, untrai
 from beacon_rag.kv import CompressedKV, KVContext
 from beacon_rag.models import LoadedModel
 
-from conftest import FAMILIES, tiny_model
-
 ATOL = 2e-4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models run single-threaded: on a 2-core machine that is busy with other work, OpenMP
+    barriers cost milliseconds per 64x64 matmul (measured: this file took 84 s with 2 threads and
+    7 s with 1). Restored afterwards so other test files are unaffected."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def perturbed_plugin(lm: LoadedModel, seed: int = 1, with_o: bool = False, scale: float = 0.05) -> BeaconPlugin:
@@ -187,12 +204,15 @@ def test_grad_path_reaches_earlier_beacons(tiny_models):
     """With ``grad=True`` gradients flow through cached beacon K/V into earlier windows' parameters."""
     lm = tiny_models["llama"]
     plugin = perturbed_plugin(lm).requires_grad_(True)
-    ids = random_ids(16, seed=4)
-    kv = compress_segment(lm, plugin, ids, KVContext(lm), window=8, ratio=4, grad=True)
+    ids = random_ids(20, seed=4)
+    context = exact_context(lm, ids[:4])  # built under inference mode, as the engine builds it
+    kv = compress_segment(lm, plugin, ids[4:], context, window=8, ratio=4, grad=True)
     # Only the second window's last-layer values: they depend on window 1's beacons through attention.
     kv.values[-1, :, 2:].sum().backward()
     assert plugin.beacon_embed.grad is not None and plugin.beacon_embed.grad.abs().sum() > 0
     assert plugin.layers[0].beacon_k_proj.weight.grad.abs().sum() > 0
+    plain = compress_segment(lm, plugin, ids[4:], context, window=8, ratio=4)
+    torch.testing.assert_close(kv.keys.detach().cpu(), plain.keys, atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------- plug-in weights
@@ -364,3 +384,32 @@ def test_compressor_validation():
     with pytest.raises(ValueError, match="adapt"):
         BeaconCompressor(ratio="adapt", window=7)
     BeaconCompressor(ratio=0, window=7)  # keep raw: any window
+
+
+def test_compress_refuses_mismatched_plugin(tiny_models):
+    lm = tiny_models["llama"]
+    plugin = perturbed_plugin(lm).to(torch.float64)
+    with pytest.raises(ValueError, match="float64"):
+        compress_segment(lm, plugin, [1, 2, 3], KVContext(lm), window=8, ratio=2)
+    with pytest.raises(BeaconWeightsError, match="does not fit"):
+        other = BeaconPlugin.from_model(_three_layer_qwen2(lm))
+        compress_segment(lm, other, [1, 2, 3], KVContext(lm), window=8, ratio=2)
+
+
+def test_engine_with_beacon_compressor(tiny_models, tmp_path):
+    """Through the engine: compressed segments are stored, reloaded from disk, and answer identically."""
+    from beacon_rag import Engine, rag_messages
+
+    lm = tiny_models["qwen2"]
+    docs = ["The ferry leaves the harbor at seven and returns at noon. " * 3,
+            "The lighthouse keeper paints the tower red every spring. " * 3]
+    messages = rag_messages("When does the ferry leave?", docs)
+    compressor = BeaconCompressor(ratio=4, window=16, plugin=perturbed_plugin(lm))
+    cold = Engine(lm, compressor=compressor, cache_dir=tmp_path).generate(messages, max_new_tokens=5)
+    engine = Engine(lm, compressor=compressor, cache_dir=tmp_path)
+    warm = engine.generate(messages, max_new_tokens=5)
+    assert {u.source for u in warm.segments} == {"disk"}
+    assert warm.token_ids == cold.token_ids
+    prepared = engine.prepare(messages)
+    raw = sum(u.raw_tokens for u in cold.segments)
+    assert prepared.context.raw_tokens == raw and prepared.context.length < raw / 2

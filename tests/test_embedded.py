@@ -79,7 +79,7 @@ def test_ingest_then_ask_reads_every_document(tmp_path):
     again = cli("ingest", str(sample_documents_dir()), cache_dir=tmp_path)
     assert again["compressed"] == 0 and again["already_cached"] == 4
     answer = cli("ask", "--docs", str(sample_documents_dir()), "--question", QUESTION, "--json",
-                 "--max-tokens", "8", cache_dir=tmp_path)
+                 "--max-tokens", "8", "--placement", "independent", cache_dir=tmp_path)
     assert answer["usage"]["cache_read_tokens"] >= report["tokens"]
     stats = cli("cache", "stats", cache_dir=tmp_path)
     assert stats["entries"] >= 5

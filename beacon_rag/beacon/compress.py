@@ -20,6 +20,9 @@ How a segment of ``n`` tokens is compressed after a context of ``L`` slots (wind
 * Sink: when the context is empty (``L == 0``) the first ``s`` raw tokens of the segment also stay raw
   forever (they are in window 0, so window 0's beacons see them as usual, and are then kept as raw
   slots at the head of memory). With a non-empty context the context's own head plays that role.
+  The sink is the first ``s`` *raw* tokens; the official code slices the first ``s`` entries of
+  window 0's sequence instead, which is the same thing whenever ``s <= r`` (every release uses
+  ``s`` of 0 or 1).
 * ``r = 0`` keeps every window raw: the result equals an exact prefill.
 
 Rather than patching the model's classes, the per-position choice of projection is made by forward
@@ -32,11 +35,12 @@ leaves the shared model altered; the model lock is held throughout.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, Self
 
 import torch
 
-from beacon_rag.beacon.plugin import BeaconPlugin
+from beacon_rag.beacon.plugin import BeaconPlugin, BeaconWeightsError
 from beacon_rag.kv import CompressedKV, KVContext, rotary_tables, rotate
 from beacon_rag.models import LoadedModel
 
@@ -165,7 +169,7 @@ class _BeaconRouting:
         self.keys = [None] * self.lm.num_layers
         self.values = [None] * self.lm.num_layers
 
-    def _hook(self, layer: int, which: str):
+    def _hook(self, layer: int, which: str) -> Callable[..., torch.Tensor]:
         beacon_proj = self.plugin.layers[layer].projection(which)
 
         def hook(_module: torch.nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
@@ -181,7 +185,7 @@ class _BeaconRouting:
 
         return hook
 
-    def __enter__(self) -> _BeaconRouting:
+    def __enter__(self) -> Self:
         try:
             for index, layer in enumerate(self.lm.model.model.layers):
                 attn = layer.self_attn
@@ -195,10 +199,42 @@ class _BeaconRouting:
             raise
         return self
 
-    def __exit__(self, *_exc: Any) -> None:
+    def __exit__(self, *_exc: object) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+def check_fit(lm: LoadedModel, plugin: BeaconPlugin, peak: int) -> None:
+    """Fail early and clearly where the hooks would otherwise fail deep inside a forward pass.
+
+    Also refuses models whose attention uses a sliding window shorter than the compression's
+    span: transformers would then mask memory the method defines as visible.
+    """
+    c = plugin.config
+    if (c["hidden_size"], c["num_layers"], c["num_kv_heads"], c["head_dim"]) != (
+        int(lm.config.hidden_size), lm.num_layers, lm.num_kv_heads, lm.head_dim
+    ):
+        raise BeaconWeightsError(
+            f"beacon plug-in (hidden {c['hidden_size']}, {c['num_layers']} layers, {c['num_kv_heads']} kv heads, "
+            f"head_dim {c['head_dim']}) does not fit model {lm.name!r}"
+        )
+    param = plugin.beacon_embed
+    if param.dtype != lm.dtype or param.device != lm.device:
+        raise ValueError(
+            f"beacon plug-in is {param.dtype} on {param.device} but the model is {lm.dtype} on {lm.device}: "
+            "move it first, e.g. plugin.to(device=lm.device, dtype=lm.dtype)"
+        )
+    sliding = getattr(lm.config, "sliding_window", None)
+    active = sliding is not None and (lm.family != "qwen2" or getattr(lm.config, "use_sliding_window", False))
+    if active and peak > int(sliding):
+        raise NotImplementedError(
+            f"model {lm.name!r} uses sliding-window attention ({sliding}) shorter than this compression "
+            f"spans ({peak} positions); beacon compression assumes full attention over memory"
+        )
+    if peak > lm.max_positions:
+        logger.warning("beacon compression reaches position %d, beyond the model's %d trained positions",
+                       peak, lm.max_positions)
 
 
 def _heads(flat: torch.Tensor, rows: torch.Tensor, lm: LoadedModel) -> torch.Tensor:
@@ -230,6 +266,7 @@ def compress_segment(
     if n == 0:
         empty = torch.empty(lm.num_layers, lm.num_kv_heads, 0, lm.head_dim, dtype=lm.dtype)
         return CompressedKV(empty, empty.clone(), raw_tokens=0, info=_info(window, ratio, 0, 0))
+    check_fit(lm, plugin, peak_positions(n, window, ratio, sink, context_length))
     device = lm.device
     decoder = lm.model.model
     ids = torch.tensor(token_ids, dtype=torch.long, device=device)

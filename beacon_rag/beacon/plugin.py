@@ -18,8 +18,9 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -329,7 +330,7 @@ class BeaconPlugin(nn.Module):
         tensors: dict[str, torch.Tensor] = {}
         for file in files:
             with safe_open(str(file), framework="pt") as handle:
-                for name in handle.keys():
+                for name in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
                     if "beacon" in name:
                         tensors[name] = handle.get_tensor(name)
         return cls.from_official_state_dict(tensors, lm)

@@ -45,7 +45,7 @@ def window_items(tokens: list[int], ratio: int) -> list[_Item]:
 
 
 def _rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
-    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps")
+    eps = getattr(norm, "variance_epsilon", None) or norm.eps
     x32 = x.float()
     normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     return norm.weight * normed.to(x.dtype)

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 
 from beacon_rag.bench.corpus import make_documents
+from beacon_rag.compressors import compressor_options, parse_ratio
 from beacon_rag.engine import Engine, rag_messages
 from beacon_rag.generation import now
 from beacon_rag.models import LoadedModel, load_model
@@ -43,7 +44,7 @@ def plain_prefill_s(lm: LoadedModel, ids: list[int]) -> float:
 
 
 def _engine(lm: LoadedModel, args: argparse.Namespace, cache_dir: str, memory_bytes: int | None = None) -> Engine:
-    options = {"ratio": args.ratio} if args.ratio is not None else {}
+    options = compressor_options(args.ratio, args.window)
     kwargs: dict[str, Any] = {}
     if memory_bytes is not None:
         kwargs["memory_bytes"] = memory_bytes
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": lm.name,
         "compressor": args.compressor,
         "ratio": args.ratio,
+        "window": args.window,
         "placement": args.placement,
         "context_tokens": context_tokens,
         "documents": args.docs,
@@ -118,6 +120,8 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
            "--placement", args.placement, "--repair-tokens", str(args.repair_tokens), "--runs", str(args.runs)]
     if args.ratio is not None:
         out += ["--ratio", str(args.ratio)]
+    if args.window is not None:
+        out += ["--window", str(args.window)]
     if args.model:
         out += ["--model", args.model]
     return out
@@ -143,7 +147,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context-tokens", type=int, default=2048, help="tokens of context in all documents")
     parser.add_argument("--docs", type=int, default=4, help="number of documents the context is split into")
     parser.add_argument("--compressor", default="exact")
-    parser.add_argument("--ratio", type=int, default=None, help="compression ratio (compressing methods only)")
+    parser.add_argument("--ratio", type=parse_ratio, default=None,
+                        help="compression ratio (beacon): 2, 4, 8, 16, 32, 0 (raw) or adapt")
+    parser.add_argument("--window", type=int, default=None, help="beacon window in raw tokens")
     parser.add_argument("--placement", default="chained", choices=["chained", "independent"])
     parser.add_argument("--repair-tokens", type=int, default=0)
     parser.add_argument("--model", default=None, help="model folder or .gguf (default: embedded SmolLM2)")

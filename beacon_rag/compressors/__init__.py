@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from beacon_rag.compressors.base import Compressor, prefill_pre_rope
+from beacon_rag.compressors.beacon import BeaconCompressor
 from beacon_rag.compressors.exact import ExactCompressor
 
-_REGISTRY: dict[str, Callable[..., Compressor]] = {"exact": ExactCompressor}
+_REGISTRY: dict[str, Callable[..., Compressor]] = {"exact": ExactCompressor, "beacon": BeaconCompressor}
 
 
 def register_compressor(name: str, factory: Callable[..., Compressor]) -> None:
@@ -17,6 +18,26 @@ def register_compressor(name: str, factory: Callable[..., Compressor]) -> None:
 
 def available_compressors() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def parse_ratio(text: str) -> int | str:
+    """A ratio as spelled on a command line: an integer, or ``adapt``."""
+    if text == "adapt":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"ratio must be an integer or 'adapt', got {text!r}") from None
+
+
+def compressor_options(ratio: int | str | None, window: int | None) -> dict[str, Any]:
+    """Keyword options for ``get_compressor`` from optional command-line values."""
+    options: dict[str, Any] = {}
+    if ratio is not None:
+        options["ratio"] = ratio
+    if window is not None:
+        options["window"] = window
+    return options
 
 
 def get_compressor(name: str, **options: Any) -> Compressor:
@@ -31,10 +52,13 @@ def get_compressor(name: str, **options: Any) -> Compressor:
 
 
 __all__ = [
+    "BeaconCompressor",
     "Compressor",
     "ExactCompressor",
     "available_compressors",
+    "compressor_options",
     "get_compressor",
+    "parse_ratio",
     "prefill_pre_rope",
     "register_compressor",
 ]

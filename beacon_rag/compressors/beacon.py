@@ -28,7 +28,7 @@ UNTRAINED_ID = "untrained-v1"  # bump if the untrained initialisation ever chang
 
 # Untrained plug-ins, one per loaded model: building one copies every q/k/v projection, which
 # should happen once per model, not once per compressor instance or per request.
-_UNTRAINED: "weakref.WeakKeyDictionary[Any, BeaconPlugin]" = weakref.WeakKeyDictionary()
+_UNTRAINED: weakref.WeakKeyDictionary[Any, BeaconPlugin] = weakref.WeakKeyDictionary()
 _UNTRAINED_LOCK = threading.Lock()
 
 
