@@ -1,17 +1,27 @@
 """Real English text that exists offline: the standard library's own documentation.
 
-Benchmarks need contexts of a chosen length made of real prose, and nothing can be downloaded,
-so we take module docstrings of the running Python (fixed list, fixed order: reproducible for
-a given Python version).
+Benchmarks and beacon training need real prose of chosen lengths, and nothing can be downloaded,
+so we take docstrings of the running Python: module docstrings and their public classes' and
+functions' docstrings, plus the interactive help topics (``pydoc_data``), in a fixed order
+(reproducible for a given Python version).
+
+Train / held-out split: every source (a module's documentation, a help topic) belongs to exactly
+one split, decided by a sha256 of its name (never Python's ``hash()``), so training never sees
+held-out text and every process agrees on the split.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 from functools import lru_cache
+from typing import Literal
 
 from beacon_rag.models import LoadedModel
+
+Split = Literal["train", "heldout"]
+HELDOUT_SHARE = 5  # one source in five is held out
 
 STDLIB_MODULES = (
     "json", "argparse", "collections", "functools", "itertools", "pathlib", "re", "string",
@@ -21,11 +31,70 @@ STDLIB_MODULES = (
     "socket", "ssl", "subprocess", "typing", "dataclasses", "enum", "contextlib", "abc", "io",
     "os", "sys", "pickle", "copy", "pprint", "difflib", "doctest", "inspect",
 )
+MORE_MODULES = (
+    "ast", "base64", "binascii", "bz2", "cmd", "codecs", "colorsys", "concurrent.futures", "configparser",
+    "contextvars", "copyreg", "ctypes", "dis", "email.message", "filecmp", "fileinput", "fnmatch", "ftplib",
+    "getopt", "getpass", "gettext", "glob", "graphlib", "html", "html.parser", "http.cookies", "http.server",
+    "imaplib", "importlib", "ipaddress", "keyword", "linecache", "locale", "lzma", "mailbox", "math",
+    "mimetypes", "mmap", "multiprocessing", "netrc", "numbers", "operator", "optparse", "pdb", "pkgutil",
+    "platform", "plistlib", "poplib", "profile", "pstats", "queue", "quopri", "reprlib", "runpy", "sched",
+    "selectors", "shelve", "shlex", "signal", "site", "smtplib", "socketserver", "stat", "struct",
+    "symtable", "sysconfig", "tabnanny", "telnetlib", "timeit", "token", "tokenize", "trace", "traceback",
+    "tracemalloc", "types", "unicodedata", "urllib.parse", "urllib.request", "uuid", "venv", "warnings",
+    "wave", "weakref", "webbrowser", "wsgiref", "xml.dom", "xml.etree.ElementTree", "xmlrpc.client",
+    "zipapp", "zipimport", "zoneinfo",
+)
+
+
+def split_of(name: str) -> Split:
+    """Which split a source belongs to: a stable function of its name."""
+    return "heldout" if int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % HELDOUT_SHARE == 0 else "train"
+
+
+def _module_text(name: str) -> str:
+    try:
+        module = importlib.import_module(name)
+    except Exception:  # a module missing from this Python build is simply not a source
+        return ""
+    parts = [inspect.getdoc(module) or ""]
+    for attr in sorted(vars(module)):
+        obj = getattr(module, attr, None)
+        if attr.startswith("_") or not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue
+        doc = inspect.getdoc(obj)
+        if doc and len(doc) > 200:
+            parts.append(doc)
+    return "\n\n".join(p for p in parts if p)
+
+
+@lru_cache(maxsize=1)
+def sources() -> tuple[tuple[str, str], ...]:
+    """Every (name, text) source: module documentation, then help topics."""
+    out: list[tuple[str, str]] = []
+    for name in dict.fromkeys(STDLIB_MODULES + MORE_MODULES):
+        text = _module_text(name)
+        if len(text) > 500:
+            out.append((f"module:{name}", text))
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # pragma: no cover - some distributions strip pydoc_data
+        topics = {}
+    for name in sorted(topics):
+        if len(topics[name]) > 500:
+            out.append((f"topic:{name}", topics[name]))
+    return tuple(out)
+
+
+def split_sources(split: Split) -> list[tuple[str, str]]:
+    return [(name, text) for name, text in sources() if split_of(name) == split]
 
 
 @lru_cache(maxsize=1)
 def stdlib_text() -> str:
-    """Module docstrings, then their public classes' and functions' docstrings."""
+    """The benchmark corpus: documentation of ``STDLIB_MODULES`` (modules first, then members).
+
+    Kept as it was when the TTFT figures were first measured, so reruns use the same text.
+    """
     parts: list[str] = []
     members: list[str] = []
     for name in STDLIB_MODULES:
