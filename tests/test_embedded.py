@@ -92,10 +92,12 @@ def test_shared_model_instance(embedded):
     assert load_model() is embedded
 
 
-def test_bench_ttft_reports_every_field(tmp_path):
+@pytest.mark.parametrize("compressor", [[], ["--compressor", "beacon", "--ratio", "8", "--window", "64"]],
+                         ids=["exact", "beacon"])
+def test_bench_ttft_reports_every_field(tmp_path, compressor):
     done = subprocess.run(
         [sys.executable, "-m", "beacon_rag.cli", "bench", "ttft", "--context-tokens", "256", "--docs", "2",
-         "--runs", "1", "--cold-runs", "1", "--json"],
+         "--runs", "1", "--cold-runs", "1", "--json", *compressor],
         capture_output=True, text=True, check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -104,5 +106,9 @@ def test_bench_ttft_reports_every_field(tmp_path):
                   "warm_disk_s", "question_only_s", "kv_bytes_per_token", "full_kv_bytes_per_token", "same_answer"):
         assert field in report
     assert 200 < report["context_tokens"] < 320 and report["documents"] == 2
-    assert report["kv_bytes_per_token"] == report["full_kv_bytes_per_token"] == 46080  # exact, fp32
+    assert report["full_kv_bytes_per_token"] == 46080  # 30 layers x 3 KV heads x 64 dims x K,V x fp32
+    if compressor:  # real bytes: about one slot in eight is kept
+        assert report["full_kv_bytes_per_token"] / 9 < report["kv_bytes_per_token"] < report["full_kv_bytes_per_token"] / 6
+    else:
+        assert report["kv_bytes_per_token"] == report["full_kv_bytes_per_token"]
     assert report["same_answer"] is True
