@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from beacon_rag.compressors import Compressor, get_compressor, prefill_pre_rope
+from beacon_rag.compressors.beacon import default_options as default_beacon_options
 from beacon_rag.generation import (
     Generation,
     GenerationStream,
@@ -135,9 +136,13 @@ class Engine:
         if repair_tokens < 0:
             raise ValueError(f"repair_tokens must be >= 0, got {repair_tokens}")
         self.lm = model if isinstance(model, LoadedModel) else load_model(model)
-        self.compressor = (
-            get_compressor(compressor, **(compressor_options or {})) if isinstance(compressor, str) else compressor
-        )
+        if isinstance(compressor, str):
+            options = dict(compressor_options or {})
+            if compressor == "beacon":
+                options = default_beacon_options(self.lm, options)
+            self.compressor = get_compressor(compressor, **options)
+        else:
+            self.compressor = compressor
         if repair_tokens and self.compressor.name != "exact":
             raise ValueError("repair_tokens re-encodes raw tokens in place; it needs the exact compressor")
         self.placement = placement

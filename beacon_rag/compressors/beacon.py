@@ -9,10 +9,12 @@ given, the untrained plug-in (copies of the base projections), built once per mo
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import threading
 import weakref
+from pathlib import Path
 from typing import Any
 
 from beacon_rag.beacon.compress import ALLOWED_RATIOS, choose_ratio, compress_segment, validate
@@ -30,6 +32,48 @@ UNTRAINED_ID = "untrained-v1"  # bump if the untrained initialisation ever chang
 # should happen once per model, not once per compressor instance or per request.
 _UNTRAINED: weakref.WeakKeyDictionary[Any, BeaconPlugin] = weakref.WeakKeyDictionary()
 _UNTRAINED_LOCK = threading.Lock()
+
+
+def shipped_plugins_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "data" / "plugins"
+
+
+def shipped_plugin(lm: LoadedModel) -> tuple[Path, dict[str, Any]] | None:
+    """The plug-in shipped in the package for ``lm``, if any: (folder, its config).
+
+    Matched on the base model's weights fingerprint: a plug-in's weights are deltas over the
+    exact base weights it was trained with, so a same-named but different model must not get it.
+    """
+    root = shipped_plugins_dir()
+    if not root.is_dir():
+        return None
+    for config_path in sorted(root.glob("*/beacon_config.json")):
+        try:
+            config = json.loads(config_path.read_text())
+        except (OSError, ValueError) as err:
+            logger.warning("ignoring unreadable shipped plug-in config %s: %s", config_path, err)
+            continue
+        if isinstance(config, dict) and config.get("base_fingerprint") == lm.fingerprint:
+            return config_path.parent, config
+    return None
+
+
+def default_options(lm: LoadedModel, options: dict[str, Any]) -> dict[str, Any]:
+    """Fill in the shipped plug-in (and the window and ratio it was trained with) unless given.
+
+    This is what makes ``--compressor beacon`` on the embedded model use trained weights.
+    """
+    if "plugin" in options:
+        return options
+    found = shipped_plugin(lm)
+    if found is None:
+        return options
+    folder, config = found
+    filled = {"plugin": folder, **options}
+    if "window" not in options and isinstance(config.get("window"), int):
+        filled["window"] = config["window"]
+    logger.info("using the shipped beacon plug-in %s for %s", folder.name, lm.name)
+    return filled
 
 
 def untrained_plugin(lm: LoadedModel) -> BeaconPlugin:
