@@ -20,6 +20,7 @@ import os
 import os.path as op
 import sqlite3
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +36,15 @@ DEFAULT_DISK_BYTES = 10 * 2**30
 # Errors from the storage layer that must degrade to a miss / skipped write
 # rather than crash an inference request.
 _STORAGE_ERRORS: tuple[type[BaseException], ...] = (OSError, sqlite3.Error, diskcache.Timeout)
+
+
+def _is_damaged(exc: BaseException) -> bool:
+    """True for SQLite errors that mean the index file itself is broken (not busy, not full).
+
+    Such errors are plain ``DatabaseError`` ("file is not a database", "database disk image is
+    malformed"); busy, locked or full databases raise ``OperationalError`` and pass.
+    """
+    return type(exc) is sqlite3.DatabaseError or "malformed" in str(exc) or "not a database" in str(exc)
 
 
 class RefusedRow(Exception):
@@ -157,16 +167,52 @@ class DiskTier:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
         self.directory = os.fspath(directory)
         self.max_bytes = max_bytes
-        self._cache = diskcache.Cache(
-            self.directory,
-            size_limit=max_bytes,
-            eviction_policy="least-recently-used",
-            disk=SafeDisk,
-        )
         self._lock = threading.Lock()
         self._hits = 0
         self._misses = 0
         self._corrupt = 0
+        self._rebuilds = 0
+        try:
+            self._cache = self._open()
+        except sqlite3.DatabaseError as exc:
+            if not _is_damaged(exc):
+                raise
+            self._cache = self._set_aside_and_reopen(exc)
+
+    def _open(self) -> diskcache.Cache:
+        return diskcache.Cache(
+            self.directory,
+            size_limit=self.max_bytes,
+            eviction_policy="least-recently-used",
+            disk=SafeDisk,
+        )
+
+    def _set_aside_and_reopen(self, exc: BaseException) -> diskcache.Cache:
+        """Move a damaged cache directory aside and start an empty one in its place.
+
+        Entries are a cache, so losing them costs recomputation only; keeping the damaged
+        folder (renamed, never read again) leaves it for inspection instead of deleting data.
+        """
+        aside = f"{self.directory}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        logger.warning("disk tier: the cache index in %s is damaged (%s); moved it to %s and starting empty",
+                       self.directory, exc, aside)
+        with contextlib.suppress(OSError):
+            os.rename(self.directory, aside)
+        os.makedirs(self.directory, exist_ok=True)
+        with self._lock:
+            self._rebuilds += 1
+        return self._open()
+
+    def _storage_failed(self, action: str, exc: BaseException) -> None:
+        """Log a failed storage call; a damaged SQLite index is set aside and rebuilt."""
+        if isinstance(exc, sqlite3.DatabaseError) and _is_damaged(exc):
+            with self._lock:
+                old, self._cache = self._cache, None  # type: ignore[assignment]
+            with contextlib.suppress(Exception):
+                old.close()
+            self._cache = self._set_aside_and_reopen(exc)
+        else:
+            logger.warning("disk tier: %s failed in %s: %s", action, self.directory, exc)
 
     def _count(self, name: str) -> None:
         with self._lock:
@@ -185,7 +231,7 @@ class DiskTier:
             self._discard(key, str(exc))
             return None
         except _STORAGE_ERRORS as exc:
-            logger.warning("disk tier: read of %s failed (%s); treating as miss", key, exc)
+            self._storage_failed(f"read of {key}", exc)
             self._count("_misses")
             return None
         if blob is None:
@@ -225,7 +271,7 @@ class DiskTier:
         try:
             self._cache.set(key, blob)
         except _STORAGE_ERRORS as exc:
-            logger.warning("disk tier: could not store %s in %s: %s", key, self.directory, exc)
+            self._storage_failed(f"storing {key}", exc)
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; True if a row was deleted."""
@@ -303,6 +349,7 @@ class DiskTier:
                 "hits": self._hits,
                 "misses": self._misses,
                 "corrupt": self._corrupt,
+                "rebuilds": self._rebuilds,
             }
 
     def close(self) -> None:
