@@ -212,7 +212,7 @@ class DiskTier:
                 old.close()
             self._cache = self._set_aside_and_reopen(exc)
         else:
-            logger.warning("disk tier: %s failed in %s: %s", action, self.directory, exc)
+            logger.warning("disk tier: %s in %s: %s", action, self.directory, exc)
 
     def _count(self, name: str) -> None:
         with self._lock:
@@ -231,7 +231,7 @@ class DiskTier:
             self._discard(key, str(exc))
             return None
         except _STORAGE_ERRORS as exc:
-            self._storage_failed(f"read of {key}", exc)
+            self._storage_failed(f"read of {key} (treated as a miss)", exc)
             self._count("_misses")
             return None
         if blob is None:
@@ -271,7 +271,7 @@ class DiskTier:
         try:
             self._cache.set(key, blob)
         except _STORAGE_ERRORS as exc:
-            self._storage_failed(f"storing {key}", exc)
+            self._storage_failed(f"could not store {key}", exc)
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; True if a row was deleted."""
