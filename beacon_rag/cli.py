@@ -203,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_options(demo)
     demo.set_defaults(func=cmd_demo)
 
+    from beacon_rag.beacon import train
+
+    train_parser = sub.add_parser("train", help="train a beacon plug-in (checkpoints, resume, progress bar)")
+    train.add_arguments(train_parser)
+    train_parser.set_defaults(func=lambda args: train.run(args))
+
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     from beacon_rag.bench import placement, ttft

@@ -52,18 +52,92 @@ def _first_eos(lm: LoadedModel) -> int:
     raise BeaconWeightsError("the model has no EOS token id to initialise the beacon embedding from")
 
 
+class LowRankDelta(nn.Module):
+    """``y = base(x) + (x A^T) B^T (+ bias delta)``: a beacon projection stored as a delta from the base.
+
+    Why: full copies of q/k/v for every layer are most of a plug-in's size (66 MB for SmolLM2-135M),
+    while training moves them only a little away from the base. The base weight and bias are
+    *buffers that are not persisted* (``persistent=False``): they are taken from the model when the
+    plug-in is built or bound (``BeaconPlugin.bind``), never written to disk, and never trained.
+    ``B`` starts at zero, so a fresh delta is exactly the base projection (the untrained copy).
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.lora_A = nn.Parameter(torch.zeros(rank, in_features))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank))
+        self.bias_delta = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.register_buffer("base_weight", None, persistent=False)
+        self.register_buffer("base_bias", None, persistent=False)
+
+    @property
+    def bound(self) -> bool:
+        return self.base_weight is not None
+
+    def set_base(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Point at the base projection's tensors (shared, detached: no copy, no gradient)."""
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise BeaconWeightsError(
+                f"base projection {tuple(weight.shape)} does not fit a low-rank delta "
+                f"{(self.out_features, self.in_features)}"
+            )
+        self.base_weight = weight.detach()
+        self.base_bias = None if bias is None else bias.detach()
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective full weight (for export and comparisons; the forward never builds it)."""
+        self._require_base()
+        return self.base_weight + self.lora_B @ self.lora_A
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        if self.bias_delta is None and self.base_bias is None:
+            return None
+        self._require_base()
+        if self.bias_delta is None:
+            return self.base_bias
+        return self.bias_delta if self.base_bias is None else self.base_bias + self.bias_delta
+
+    def _require_base(self) -> None:
+        if self.base_weight is None:
+            raise BeaconWeightsError(
+                "this low-rank beacon plug-in has no base weights: load it with "
+                "BeaconPlugin.load(folder, lm) or call plugin.bind(lm) before compressing"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._require_base()
+        out = torch.nn.functional.linear(x, self.base_weight, self.base_bias)
+        out = out + torch.nn.functional.linear(torch.nn.functional.linear(x, self.lora_A), self.lora_B)
+        if self.bias_delta is not None:
+            out = out + self.bias_delta
+        return out
+
+
 class _BeaconLayer(nn.Module):
-    """One decoder layer's beacon projections, with the base projections' shapes and bias flags."""
+    """One decoder layer's beacon projections, with the base projections' shapes and bias flags.
+
+    With ``low_rank`` each projection is a ``LowRankDelta`` over the base projection instead of a
+    full ``nn.Linear``.
+    """
 
     def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int,
-                 qkv_bias: bool, o_bias: bool, with_o: bool) -> None:
+                 qkv_bias: bool, o_bias: bool, with_o: bool, low_rank: int | None = None) -> None:
         super().__init__()
-        self.beacon_q_proj = nn.Linear(hidden, heads * head_dim, bias=qkv_bias)
-        self.beacon_k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=qkv_bias)
-        self.beacon_v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=qkv_bias)
-        self.beacon_o_proj = nn.Linear(heads * head_dim, hidden, bias=o_bias) if with_o else None
 
-    def projection(self, which: str) -> nn.Linear | None:
+        def make(n_in: int, n_out: int, bias: bool) -> nn.Module:
+            if low_rank:
+                return LowRankDelta(n_in, n_out, low_rank, bias)
+            return nn.Linear(n_in, n_out, bias=bias)
+
+        self.beacon_q_proj = make(hidden, heads * head_dim, qkv_bias)
+        self.beacon_k_proj = make(hidden, kv_heads * head_dim, qkv_bias)
+        self.beacon_v_proj = make(hidden, kv_heads * head_dim, qkv_bias)
+        self.beacon_o_proj = make(heads * head_dim, hidden, o_bias) if with_o else None
+
+    def projection(self, which: str) -> nn.Module | None:
         return getattr(self, f"beacon_{which}_proj")
 
 
@@ -81,7 +155,7 @@ class BeaconPlugin(nn.Module):
         self.beacon_embed = nn.Parameter(torch.zeros(1, c["hidden_size"]))
         self.layers = nn.ModuleList(
             _BeaconLayer(c["hidden_size"], c["num_heads"], c["num_kv_heads"], c["head_dim"],
-                         c["qkv_bias"], c["o_bias"], c["with_o"])
+                         c["qkv_bias"], c["o_bias"], c["with_o"], c.get("low_rank"))
             for _ in range(c["num_layers"])
         )
 
@@ -106,15 +180,39 @@ class BeaconPlugin(nn.Module):
         }
 
     @classmethod
-    def from_model(cls, lm: LoadedModel, with_o: bool = False) -> BeaconPlugin:
+    def from_model(cls, lm: LoadedModel, with_o: bool = False, low_rank: int | None = None,
+                   seed: int = 0) -> BeaconPlugin:
         """The untrained plug-in: copies of the base projections and the EOS embedding.
 
         This is the official starting point ("beacon attention = normal attention"); compressing
         with it is a well-defined but untrained baseline, which ``config['trained'] = False`` and
         the digest (it covers the copied tensors) make visible in cache keys.
+
+        ``low_rank=r`` builds the same starting point as base + ``B @ A`` deltas of rank ``r``
+        (``A`` small random from ``seed``, ``B`` zero), bound to ``lm``'s projections: it computes
+        exactly what the full copy computes, but only the deltas are saved and trained.
         """
-        plugin = cls(cls.config_for(lm, with_o=with_o))
+        if low_rank is not None and (isinstance(low_rank, bool) or int(low_rank) < 1):
+            raise ValueError(f"low_rank must be a positive integer, got {low_rank!r}")
+        config = cls.config_for(lm, with_o=with_o)
+        if low_rank:
+            config["low_rank"] = int(low_rank)
+        plugin = cls(config)
         embed = lm.model.model.embed_tokens.weight
+        if low_rank:
+            generator = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                plugin.beacon_embed.copy_(embed[_first_eos(lm)].detach()[None])
+                for beacon in plugin.layers:
+                    for which in PROJECTIONS:
+                        target = beacon.projection(which)
+                        if target is not None:
+                            # Kaiming-like scale: x A^T keeps x's magnitude, so B's updates are well scaled.
+                            target.lora_A.copy_(torch.randn(target.lora_A.shape, generator=generator)
+                                                / target.in_features ** 0.5)
+            plugin = plugin.to(device=lm.device, dtype=lm.dtype)
+            plugin.bind(lm)
+            return plugin.requires_grad_(False)
         with torch.no_grad():
             plugin.beacon_embed.copy_(embed[_first_eos(lm)].detach()[None])
             for layer, beacon in zip(lm.model.model.layers, plugin.layers):
@@ -128,6 +226,43 @@ class BeaconPlugin(nn.Module):
                         target.bias.copy_(base.bias.detach())
         return plugin.to(device=lm.device, dtype=lm.dtype).requires_grad_(False)
 
+    # ------------------------------------------------------------------ low rank
+    @property
+    def low_rank(self) -> int | None:
+        """The rank of the deltas, or ``None`` for a full-rank plug-in."""
+        rank = self.config.get("low_rank")
+        return int(rank) if rank else None
+
+    @property
+    def bound(self) -> bool:
+        """Whether every projection can compute (always for full rank; low rank needs base weights)."""
+        return all(module.bound for module in self.modules() if isinstance(module, LowRankDelta))
+
+    def bind(self, lm: LoadedModel) -> BeaconPlugin:
+        """Attach ``lm``'s q/k/v(/o) projections as the base of every low-rank delta (in place).
+
+        The base tensors are shared with the model, not copied: they are frozen anyway, and a copy
+        would cost as much memory as the full-rank plug-in the low-rank form exists to avoid.
+        A full-rank plug-in is left as it is.
+        """
+        if not self.low_rank:
+            return self
+        if len(lm.model.model.layers) != len(self.layers):
+            raise BeaconWeightsError(
+                f"low-rank beacon plug-in has {len(self.layers)} layers, model {lm.name!r} has "
+                f"{len(lm.model.model.layers)}"
+            )
+        for layer, beacon in zip(lm.model.model.layers, self.layers):
+            for which in PROJECTIONS:
+                target = beacon.projection(which)
+                if target is None:
+                    continue
+                base = getattr(layer.self_attn, f"{which}_proj")
+                weight = base.weight.to(device=target.lora_A.device, dtype=target.lora_A.dtype)
+                bias = None if base.bias is None else base.bias.to(device=weight.device, dtype=weight.dtype)
+                target.set_base(weight, bias)
+        return self
+
     # ------------------------------------------------------------------ identity
     @property
     def with_o(self) -> bool:
@@ -138,8 +273,12 @@ class BeaconPlugin(nn.Module):
 
         The JSON config is left out on purpose: the same tensors give the same compression whatever
         file they came from, and the tensors' names and shapes already say whether ``o`` is present.
+        A low-rank plug-in's tensors are only deltas, so its digest also covers the rank and the
+        fingerprint of the base model the deltas were made for (they mean nothing without it).
         """
         h = hashlib.sha256(f"beacon-plugin-v{FORMAT_VERSION}|".encode())
+        if self.low_rank:
+            h.update(f"low_rank={self.low_rank}|base={self.config.get('base_fingerprint')}|".encode())
         for name, tensor in sorted(self.state_dict().items()):
             t = tensor.detach().to("cpu").contiguous()
             h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -164,6 +303,10 @@ class BeaconPlugin(nn.Module):
             raise BeaconWeightsError(
                 f"beacon weights do not fit model {lm.name!r}: " + "; ".join(mismatched)
             )
+        if self.low_rank and not self.bound:
+            # A low-rank plug-in loaded without a model (e.g. lazily by BeaconCompressor) gets its
+            # base projections from the first model it is checked against.
+            self.bind(lm)
         trained_for = self.config.get("base_fingerprint")
         if trained_for and trained_for != lm.fingerprint:
             logger.warning(
@@ -243,6 +386,11 @@ class BeaconPlugin(nn.Module):
         if lm is not None:
             plugin.check_model(lm)
             plugin = plugin.to(device=lm.device, dtype=lm.dtype)
+            plugin.bind(lm)  # again after the move: the base must be in the plug-in's dtype/device
+        elif plugin.low_rank:
+            logger.info("low-rank beacon plug-in %s loaded without a model: it stores only deltas, so it "
+                        "cannot compress until bound (BeaconPlugin.load(folder, lm) or plugin.bind(lm))",
+                        folder)
         return plugin
 
     # ------------------------------------------------------------------ official layout

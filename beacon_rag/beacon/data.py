@@ -1,0 +1,334 @@
+"""Offline training and evaluation data for the beacon trainer: real text and generated long-context tasks.
+
+Why generated tasks on top of plain text: with a few hundred thousand training tokens (what a CPU
+affords), next-token loss on ordinary prose mostly teaches beacons to carry *style*; questions whose
+answer sits once somewhere in a long context (a pass key, a value, a fact, one of several documents,
+an earlier turn) force the beacons to carry *content*, which is what retrieval-augmented generation
+and chat reuse need from a compressed memory.
+
+Everything here is offline and deterministic: filler text is the Python standard library's own
+documentation (``beacon_rag.bench.corpus.split_sources``), split by source name into ``train`` and
+``heldout``; the example number ``i`` of a generator with seed ``s`` depends only on ``(s, i, split)``,
+so a resumed training run sees exactly the examples an uninterrupted one would.
+
+Layout of one example, as inference uses it (see ``Example``): the context (chat header + the long
+text) is what the beacon window loop compresses; the prompt (the question and the assistant header)
+and the target (the answer) run through the PLAIN model attending to the compressed memory, and the
+loss is taken on the target only.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import string
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from beacon_rag.models import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+Split = Literal["train", "heldout"]
+TRAIN_TASKS = ("lm", "passkey", "kv", "fact", "multidoc", "multiturn")
+# Names the quality bench uses -> internal task names.
+BENCH_TASKS = {"passkey": "passkey", "rag-qa": "multidoc", "multiturn": "multiturn", "lm-loss": "lm",
+               "kv": "kv", "fact": "fact", "lm": "lm", "multidoc": "multidoc"}
+HELDOUT_SEED_OFFSET = 1_000_003  # held-out generators never reuse a training seed
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training or evaluation example, as token ids of ``lm``'s tokenizer.
+
+    * ``context_ids``: compressed by the beacon window loop (for QA tasks: the chat header, the
+      system prompt and the long user text; for ``lm``: plain text).
+    * ``prompt_ids``: run through the plain model after the memory, no loss (the question, the
+      end of the user turn and the assistant header); empty for ``lm``.
+    * ``target_ids``: run through the plain model after the prompt; the loss is on these tokens
+      (the answer followed by the end-of-turn token, or for ``lm`` the text that follows).
+    * ``answer``: the answer as text for exact-match scoring (``""`` for ``lm``).
+
+    ``continuation_ids == prompt_ids + target_ids``; ``loss_start == len(prompt_ids)`` is where the
+    loss begins inside the continuation.
+    """
+
+    task: str
+    context_ids: list[int]
+    prompt_ids: list[int]
+    target_ids: list[int]
+    answer: str = ""
+    meta: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def continuation_ids(self) -> list[int]:
+        return self.prompt_ids + self.target_ids
+
+    @property
+    def loss_start(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def tokens(self) -> int:
+        return len(self.context_ids) + len(self.prompt_ids) + len(self.target_ids)
+
+
+# ---------------------------------------------------------------------------- filler text
+_STREAMS: dict[tuple[str, str], tuple[list[int], tuple[str, ...]]] = {}
+_STREAMS_LOCK = threading.Lock()
+
+
+def filler_stream(lm: LoadedModel, split: Split) -> tuple[list[int], tuple[str, ...]]:
+    """All sources of ``split`` tokenized and joined (blank line between them), and their names.
+
+    Tokenized once per tokenizer and split (a few seconds); the source names are returned so tests
+    can check that train and held-out data never share a source.
+    """
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    from beacon_rag.bench.corpus import split_sources
+
+    key = (lm.tokenizer_digest, split)
+    with _STREAMS_LOCK:
+        cached = _STREAMS.get(key)
+    if cached is not None:
+        return cached
+    sources = split_sources(split)
+    ids: list[int] = []
+    separator = lm.encode("\n\n")
+    for _name, text in sources:
+        ids.extend(lm.encode(text))
+        ids.extend(separator)
+    result = (ids, tuple(name for name, _ in sources))
+    logger.info("filler stream %s: %d sources, %d tokens", split, len(sources), len(ids))
+    with _STREAMS_LOCK:
+        _STREAMS[key] = result
+    return result
+
+
+def _filler(stream: list[int], rng: random.Random, n: int) -> list[int]:
+    """``n`` consecutive tokens from a random place of the stream (wrapping around)."""
+    if n <= 0:
+        return []
+    start = rng.randrange(len(stream))
+    out = stream[start : start + n]
+    while len(out) < n:
+        out += stream[: n - len(out)]
+    return out
+
+
+# ---------------------------------------------------------------------------- vocabularies for facts
+_NAMES = ("Alice", "Bruno", "Chen", "Dana", "Emeka", "Farah", "Goran", "Hana", "Ivan", "Jun", "Kofi", "Lena",
+          "Mateo", "Nadia", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tariq", "Uma", "Viktor", "Wen", "Yara")
+_OBJECTS = ("red notebook", "silver key", "old telescope", "blue bicycle", "violin", "chess set", "green lamp",
+            "wooden box", "map collection", "brass compass", "umbrella", "laptop")
+_PLACES = ("Lisbon", "Nairobi", "Oslo", "Kyoto", "Lima", "Cairo", "Dublin", "Hanoi", "Quito", "Tbilisi", "Perth",
+           "Montreal", "Seville", "Bergen", "Accra", "Porto")
+_COLOURS = ("amber", "crimson", "teal", "violet", "ochre", "indigo", "scarlet", "olive", "cobalt", "magenta")
+_PROJECTS = ("Falcon", "Granite", "Harbor", "Juniper", "Lantern", "Meridian", "Nimbus", "Orchid", "Quartz")
+
+
+def _code(rng: random.Random, n: int = 5) -> str:
+    return "".join(rng.choice(string.ascii_lowercase + string.digits) for _ in range(n))
+
+
+class TaskBuilder:
+    """Builds examples of every task for one model and split; stateless apart from cached token ids."""
+
+    def __init__(self, lm: LoadedModel, split: Split) -> None:
+        from beacon_rag.segments import render_glue
+
+        self.lm, self.split = lm, split
+        self.stream, self.source_names = filler_stream(lm, split)
+        self.user_glue = render_glue(lm, ["user"], add_generation_prompt=True)
+        eos = sorted(lm.eos_token_ids)
+        # The end-of-turn token closes every answer, so the model also learns to stop.
+        end = lm.tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in lm.tokenizer.get_vocab() else None
+        self.end_ids = [end] if isinstance(end, int) else eos[:1]
+
+    # -------------------------------------------------------------- helpers
+    def _qa(self, task: str, body: list[int], question: str, answer_text: str, answer: str,
+            meta: dict[str, object] | None = None) -> Example:
+        """Chat-format a single-turn QA example: header + body compressed, question + answer plain."""
+        header = self.lm.encode(self.user_glue[0])
+        prompt = self.lm.encode("\n\n" + question + self.user_glue[1])
+        target = self.lm.encode(answer_text) + self.end_ids
+        return Example(task, header + body, prompt, target, answer, dict(meta or {}))
+
+    def _hide(self, rng: random.Random, filler_tokens: int, needles: Sequence[list[int]]) -> list[int]:
+        """Filler with each needle inserted at a random token position (order kept)."""
+        filler = _filler(self.stream, rng, max(filler_tokens, 0))
+        cuts = sorted(rng.randint(0, len(filler)) for _ in needles)
+        out: list[int] = []
+        previous = 0
+        for cut, needle in zip(cuts, needles):
+            out += filler[previous:cut] + needle
+            previous = cut
+        return out + filler[previous:]
+
+    def _budget(self, context_tokens: int, *pieces: list[int]) -> int:
+        used = len(self.lm.encode(self.user_glue[0])) + sum(len(p) for p in pieces)
+        return context_tokens - used
+
+    # -------------------------------------------------------------- tasks
+    def lm_example(self, rng: random.Random, context_tokens: int, target_tokens: int) -> Example:
+        """Plain text: the next ``target_tokens`` tokens after ``context_tokens`` of documentation."""
+        ids = _filler(self.stream, rng, context_tokens + target_tokens)
+        return Example("lm", ids[:context_tokens], [], ids[context_tokens:])
+
+    def passkey(self, rng: random.Random, context_tokens: int) -> Example:
+        key = str(rng.randint(10000, 99999))
+        needle = self.lm.encode(f"\nThe pass key is {key}. Remember it. {key} is the pass key.\n")
+        body = self._hide(rng, self._budget(context_tokens, needle), [needle])
+        return self._qa("passkey", body, "What is the pass key?", f"The pass key is {key}.", key)
+
+    def kv(self, rng: random.Random, context_tokens: int) -> Example:
+        pairs = [(_code(rng), _code(rng)) for _ in range(rng.randint(3, 8))]
+        needles = [self.lm.encode(f"\nRecord: key {k} has value {v}.\n") for k, v in pairs]
+        body = self._hide(rng, self._budget(context_tokens, *needles), needles)
+        key, value = rng.choice(pairs)
+        return self._qa("kv", body, f"What is the value of key {key}?", f"The value of key {key} is {value}.", value)
+
+    def _fact(self, rng: random.Random, name: str) -> tuple[str, str, str, str]:
+        kind = rng.randrange(3)
+        if kind == 0:
+            obj, place = rng.choice(_OBJECTS), rng.choice(_PLACES)
+            return (f"{name} keeps the {obj} in {place}.", f"Where does {name} keep the {obj}?",
+                    f"{name} keeps the {obj} in {place}.", place)
+        if kind == 1:
+            colour = rng.choice(_COLOURS)
+            return (f"The favourite colour of {name} is {colour}.", f"What is the favourite colour of {name}?",
+                    f"The favourite colour of {name} is {colour}.", colour)
+        project, number = rng.choice(_PROJECTS), str(rng.randint(100, 999))
+        return (f"{name} works on project {project} in room {number}.", f"In which room does {name} work?",
+                f"{name} works in room {number}.", number)
+
+    def fact(self, rng: random.Random, context_tokens: int) -> Example:
+        names = rng.sample(_NAMES, rng.randint(1, 4))
+        facts = [self._fact(rng, name) for name in names]
+        needles = [self.lm.encode("\n" + f[0] + "\n") for f in facts]
+        body = self._hide(rng, self._budget(context_tokens, *needles), needles)
+        _stmt, question, answer_text, answer = rng.choice(facts)
+        return self._qa("fact", body, question, answer_text, answer)
+
+    def multidoc(self, rng: random.Random, context_tokens: int) -> Example:
+        """Several short documents, one fact in each; the question is about one of them (RAG-like)."""
+        count = rng.randint(3, 6)
+        names = rng.sample(_NAMES, count)
+        facts = [self._fact(rng, name) for name in names]
+        heads = [self.lm.encode(f"{'' if i == 0 else chr(10) * 2}Document {i + 1}:\n") for i in range(count)]
+        needles = [self.lm.encode("\n" + f[0] + "\n") for f in facts]
+        per = max(self._budget(context_tokens, *heads, *needles) // count, 0)
+        body: list[int] = []
+        for head, needle in zip(heads, needles):
+            body += head + self._hide(rng, per, [needle])
+        pick = rng.randrange(count)
+        _stmt, question, answer_text, answer = facts[pick]
+        return self._qa("multidoc", body, question, answer_text, answer, {"document": pick + 1})
+
+    def multiturn(self, rng: random.Random, context_tokens: int) -> Example:
+        """A chat history (compressed) in which the user once said something; asked for it later."""
+        from beacon_rag.segments import render_glue
+
+        turns = rng.randint(2, 4)
+        secret_turn = rng.randrange(turns)
+        code = _code(rng, 6)
+        roles = ["user", "assistant"] * turns + ["user"]
+        glue = render_glue(self.lm, roles, add_generation_prompt=True)
+        fixed = sum(len(self.lm.encode(g)) for g in glue) + 40
+        per = max((context_tokens - fixed) // (2 * turns), 8)
+        ids: list[int] = []
+        for turn in range(turns):
+            ids += self.lm.encode(glue[2 * turn])
+            user = self.lm.encode("Please summarise this passage:\n") + _filler(self.stream, rng, per)
+            if turn == secret_turn:
+                user += self.lm.encode(f"\nAlso, remember my code word: {code}.")
+            ids += user
+            ids += self.lm.encode(glue[2 * turn + 1])
+            ids += _filler(self.stream, rng, per)
+        prompt = self.lm.encode(glue[2 * turns] + "What was the code word I asked you to remember?"
+                                + glue[2 * turns + 1])
+        target = self.lm.encode(f"Your code word is {code}.") + self.end_ids
+        return Example("multiturn", ids, prompt, target, code, {"turn": secret_turn})
+
+    def build(self, task: str, rng: random.Random, context_tokens: int, target_tokens: int = 32) -> Example:
+        if task == "lm":
+            return self.lm_example(rng, context_tokens, target_tokens)
+        method = {"passkey": self.passkey, "kv": self.kv, "fact": self.fact, "multidoc": self.multidoc,
+                  "multiturn": self.multiturn}.get(task)
+        if method is None:
+            raise ValueError(f"unknown task {task!r}; known: {', '.join(TRAIN_TASKS)}")
+        return method(rng, context_tokens)
+
+
+_BUILDERS: dict[tuple[int, str], TaskBuilder] = {}
+
+
+def builder(lm: LoadedModel, split: Split) -> TaskBuilder:
+    key = (id(lm), split)
+    if key not in _BUILDERS:
+        _BUILDERS[key] = TaskBuilder(lm, split)
+    return _BUILDERS[key]
+
+
+def _rng(seed: int, split: Split, index: int, salt: str = "") -> random.Random:
+    # String seeds are hashed with SHA-512 by ``random``: stable across processes and Python runs.
+    offset = HELDOUT_SEED_OFFSET if split == "heldout" else 0
+    return random.Random(f"beacon-data|{split}|{seed + offset}|{index}|{salt}")
+
+
+def make_task_examples(lm: LoadedModel, task: str, split: Split, n: int, context_tokens: int,
+                       seed: int = 0, target_tokens: int = 32) -> list[Example]:
+    """``n`` examples of one task, deterministic in ``(task, split, n, context_tokens, seed)``.
+
+    ``task`` is one of ``passkey``, ``rag-qa`` (several documents, a question about one), ``multiturn``
+    (recall from an earlier chat turn), ``lm-loss`` (plain text; the target is the next
+    ``target_tokens`` tokens), or the training names ``kv``, ``fact``, ``multidoc``, ``lm``.
+    Returns a list of ``Example`` (see its docstring: ``context_ids`` to compress, then
+    ``prompt_ids`` + ``target_ids`` through the plain model; ``answer`` for exact match). Use
+    ``split="heldout"`` for evaluation: its filler comes from sources training never sees and its
+    seeds never coincide with training ones. Context lengths are about ``context_tokens`` (within a
+    few tokens; ``multiturn`` rounds per turn).
+    """
+    name = BENCH_TASKS.get(task)
+    if name is None:
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(sorted(BENCH_TASKS))}")
+    if n < 0 or context_tokens < 16:
+        raise ValueError(f"need n >= 0 and context_tokens >= 16 (got {n}, {context_tokens})")
+    build = builder(lm, split)
+    return [build.build(name, _rng(seed, split, i, name), context_tokens, target_tokens) for i in range(n)]
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """The training mixture: task weights and length ranges (contexts drawn uniformly per example)."""
+
+    weights: dict[str, float] = field(default_factory=lambda: {
+        "lm": 0.3, "passkey": 0.12, "kv": 0.14, "fact": 0.14, "multidoc": 0.15, "multiturn": 0.15})
+    context_tokens: tuple[int, int] = (512, 1024)
+    target_tokens: int = 48
+
+
+class TrainingData:
+    """An endless, indexable stream of mixed examples: ``data[i]`` depends only on (seed, split, i).
+
+    Indexable rather than iterable so that resuming from step ``k`` needs no saved generator state.
+    """
+
+    def __init__(self, lm: LoadedModel, split: Split = "train", seed: int = 0,
+                 mixture: Mixture | None = None) -> None:
+        self.lm, self.split, self.seed = lm, split, seed
+        self.mixture = mixture or Mixture()
+        unknown = set(self.mixture.weights) - set(TRAIN_TASKS)
+        if unknown:
+            raise ValueError(f"unknown tasks in mixture: {sorted(unknown)}")
+        self.builder = builder(lm, split)
+
+    def __getitem__(self, index: int) -> Example:
+        rng = _rng(self.seed, self.split, index, "mix")
+        tasks = sorted(self.mixture.weights)
+        task = rng.choices(tasks, weights=[self.mixture.weights[t] for t in tasks])[0]
+        low, high = self.mixture.context_tokens
+        return self.builder.build(task, rng, rng.randint(low, high), self.mixture.target_tokens)

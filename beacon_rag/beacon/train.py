@@ -1,0 +1,548 @@
+"""The Activation Beacon trainer: compression-based auto-regression with a frozen base model.
+
+One step, as inference will use the plug-in:
+
+1. the example's context runs through the beacon window loop WITH gradients
+   (``compress_segment(..., grad=True)``: beacon rows use the plug-in's projections, and every later
+   window attends to the earlier windows' beacon K/V, so gradients reach the plug-in through them);
+   the compression ratio is drawn per step from ``ratios``;
+2. the continuation (question + answer, or the text that follows) runs through the PLAIN model
+   attending to the compressed memory placed at positions ``0 .. slots-1``, exactly as
+   ``KVContext``/the engine place it; next-token loss on the target tokens only;
+3. optionally (``distill_weight > 0``) a KL term pulls the compressed model's next-token
+   distribution on the target tokens towards the same base model's distribution with the
+   UNcompressed context (teacher, no gradient): a denser signal than the one-hot labels.
+
+Only plug-in parameters train (base frozen: ``requires_grad_(False)`` and checked at the end of
+tests). The run is deterministic in its seed: example ``i`` and the ratio of step ``k`` are pure
+functions of (seed, i/k), so resuming from a checkpoint (plug-in, optimizer, scheduler, step, RNG
+state) continues exactly as an uninterrupted run would.
+
+Why no gradient checkpointing inside the window loop: the loop mutates a KV cache between windows,
+which recomputation would corrupt (transformers' checkpointed layers also drop the cache). Memory
+is bounded instead by short windows and contexts of a few thousand tokens, which is what CPU
+training affords anyway; the flag is accepted and recorded, and applies nowhere else yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from beacon_rag.beacon.compress import compress_segment, validate
+from beacon_rag.beacon.data import Example, Mixture, TrainingData, make_task_examples
+from beacon_rag.beacon.plugin import BeaconPlugin
+from beacon_rag.kv import KVContext
+from beacon_rag.models import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "step-"
+EVAL_TASKS = ("lm-loss", "passkey", "rag-qa", "multiturn")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved next to every checkpoint (``train_config.json``)."""
+
+    output_dir: str = "benchmarks/training/run"
+    model: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+    dtype: str = "float32"  # or "bfloat16"
+    device: str = "cpu"
+    seed: int = 0
+    steps: int = 1000
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    window: int = 256
+    ratios: tuple[int, ...] = (2, 4, 8)
+    sink: int = 0
+    low_rank: int | None = 32  # None: full-rank copies of q/k/v
+    context_tokens: tuple[int, int] = (512, 1024)
+    target_tokens: int = 48
+    tasks: dict[str, float] = field(default_factory=lambda: dict(Mixture().weights))
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    eval_every: int = 50
+    eval_examples: int = 2  # per eval task
+    eval_context_tokens: int = 768
+    eval_ratio: int = 4
+    export_dir: str | None = None  # also write the latest plug-in here at every checkpoint
+    threads: int | None = None
+    resume: bool = True  # continue from the newest checkpoint in output_dir if there is one
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for key in ("ratios", "context_tokens"):
+            if key in values and values[key] is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    def check(self) -> None:
+        """Refuse settings the window loop or the schedule cannot use, before any model loads."""
+        if not self.ratios:
+            raise ValueError("ratios must not be empty")
+        for ratio in self.ratios:
+            validate(self.window, ratio, self.sink)
+        if self.steps < 1 or self.grad_accum < 1:
+            raise ValueError("steps and grad_accum must be >= 1")
+        low, high = self.context_tokens
+        if not 16 <= low <= high:
+            raise ValueError(f"context_tokens must be (low, high) with 16 <= low <= high, got {self.context_tokens}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+
+# ---------------------------------------------------------------------------- checkpoint state
+STATE_TENSORS = "state.safetensors"
+STATE_JSON = "state.json"
+
+
+def save_state(folder: Path, optimizer: dict[str, Any], scheduler: dict[str, Any], counters: dict[str, Any]) -> None:
+    """Optimizer, scheduler, counters and RNG as safetensors + JSON: nothing is pickled.
+
+    Resuming must not unpickle files (a checkpoint folder is data that may come from anywhere),
+    so the optimizer's per-parameter tensors go into safetensors and everything else into JSON.
+    """
+    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+    per_param: dict[str, list[str]] = {}
+    for index, values in optimizer["state"].items():
+        names = []
+        for name, value in values.items():
+            tensor = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"optimizer.{index}.{name}"] = tensor.detach().cpu().contiguous()
+            names.append(name)
+        per_param[str(index)] = names
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(folder / STATE_TENSORS))
+    (folder / STATE_JSON).write_text(json.dumps({
+        "counters": counters, "scheduler": scheduler, "param_groups": optimizer["param_groups"],
+        "optimizer_state": per_param,
+    }, indent=1))
+
+
+def load_state(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Inverse of ``save_state``; restores the torch RNG as a side effect."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((folder / STATE_JSON).read_text())
+    tensors = load_file(str(folder / STATE_TENSORS))
+    torch.set_rng_state(tensors["rng.torch"])
+    state = {int(index): {name: tensors[f"optimizer.{index}.{name}"] for name in names}
+             for index, names in meta["optimizer_state"].items()}
+    return {"state": state, "param_groups": meta["param_groups"]}, meta["scheduler"], meta["counters"]
+
+
+# ---------------------------------------------------------------------------- losses
+def _continuation_logits(lm: LoadedModel, memory: KVContext, continuation: list[int]) -> torch.Tensor:
+    """Logits of ``continuation`` run through the plain model after ``memory`` (placed at 0..n-1)."""
+    cache = memory.to_cache()
+    ids = torch.tensor([continuation], device=lm.device)
+    out = lm.model(input_ids=ids, past_key_values=cache, use_cache=True)
+    return out.logits[0].float()
+
+
+def _target_slice(example: Example) -> tuple[slice, torch.Tensor]:
+    """Which continuation logits predict the target tokens, and those targets.
+
+    Logit ``t`` predicts continuation token ``t + 1``; the first target token (at ``loss_start``)
+    is predicted by logit ``loss_start - 1``, or, when the prompt is empty, by the last context
+    position, which the memory does not give us. For ``lm`` examples the first target token is
+    therefore not scored (it is fed as input); every other one is.
+    """
+    start = max(example.loss_start - 1, 0)
+    cont = example.continuation_ids
+    targets = torch.tensor(cont[start + 1 :], dtype=torch.long)
+    return slice(start, len(cont) - 1), targets
+
+
+def example_losses(lm: LoadedModel, plugin: BeaconPlugin, example: Example, *, window: int, ratio: int,
+                   sink: int = 0, distill_weight: float = 0.0, temperature: float = 1.0,
+                   grad: bool = True) -> dict[str, torch.Tensor]:
+    """Loss terms of one example: ``lm`` (next-token NLL on the target), ``distill`` (KL), ``loss``.
+
+    The memory is built exactly as inference builds it: ``compress_segment`` then ``KVContext.append``
+    (pre-RoPE keys rotated to positions ``0..slots-1``), then ``to_cache``.
+    """
+    with torch.set_grad_enabled(grad):
+        kv = compress_segment(lm, plugin, example.context_ids, KVContext(lm), window=window, ratio=ratio,
+                              sink=sink, grad=grad)
+        memory = KVContext(lm)
+        memory.append(kv)
+        logits = _continuation_logits(lm, memory, example.continuation_ids)
+        rows, targets = _target_slice(example)
+        student = logits[rows]
+        targets = targets.to(student.device)
+        nll = F.cross_entropy(student, targets)
+        out = {"lm": nll, "loss": nll}
+        if distill_weight > 0:
+            teacher = full_context_logits(lm, example)[rows]
+            t = temperature
+            kl = F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1),
+                          log_target=True, reduction="batchmean") * (t * t)
+            out["distill"] = kl
+            out["loss"] = nll + distill_weight * kl
+    return out
+
+
+@torch.no_grad()
+def full_context_logits(lm: LoadedModel, example: Example) -> torch.Tensor:
+    """Teacher: the base model's continuation logits with the raw, uncompressed context."""
+    ids = torch.tensor([example.context_ids + example.continuation_ids], device=lm.device)
+    logits = lm.model(input_ids=ids).logits[0, len(example.context_ids):].float()
+    return logits
+
+
+@torch.no_grad()
+def reference_losses(lm: LoadedModel, example: Example) -> dict[str, float]:
+    """Target NLL with the full (uncompressed) context and with no context at all: the two bounds."""
+    rows, targets = _target_slice(example)
+    full = F.cross_entropy(full_context_logits(lm, example)[rows], targets.to(lm.device)).item()
+    ids = torch.tensor([example.continuation_ids], device=lm.device)
+    bare = lm.model(input_ids=ids).logits[0].float()
+    none = F.cross_entropy(bare[rows], targets.to(lm.device)).item()
+    return {"full": full, "none": none}
+
+
+# ---------------------------------------------------------------------------- schedule
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Linear warmup to 1, then cosine down to ``min_lr_ratio`` at ``steps``."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    span = max(config.steps - config.warmup_steps, 1)
+    progress = min((step - config.warmup_steps) / span, 1.0)
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def step_ratio(config: TrainConfig, step: int) -> int:
+    """The compression ratio of optimizer step ``step``: a pure function of (seed, step)."""
+    return random.Random(f"beacon-ratio|{config.seed}|{step}").choice(list(config.ratios))
+
+
+# ---------------------------------------------------------------------------- the trainer
+class Trainer:
+    """Holds the model, plug-in, optimizer and data of one run; ``train()`` is the usual entry point.
+
+    ``lm`` may be passed directly (tests pass tiny random models); otherwise it is loaded from
+    ``config.model`` in ``config.dtype`` on ``config.device``.
+    """
+
+    def __init__(self, config: TrainConfig, lm: LoadedModel | None = None,
+                 data: TrainingData | None = None, eval_examples: list[Example] | None = None) -> None:
+        config.check()
+        self.config = config
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        if lm is None:
+            from beacon_rag.models import load_model
+
+            lm = load_model(config.model, dtype=getattr(torch, config.dtype), device=config.device)
+        self.lm = lm
+        lm.model.requires_grad_(False)
+        lm.model.eval()
+        self.out = Path(config.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.data = data or TrainingData(
+            lm, "train", config.seed,
+            Mixture(weights=dict(config.tasks), context_tokens=tuple(config.context_tokens),
+                    target_tokens=config.target_tokens),
+        )
+        self._eval_examples = eval_examples
+        self._eval_refs: list[dict[str, float]] | None = None
+        self.plugin = BeaconPlugin.from_model(lm, low_rank=config.low_rank, seed=config.seed)
+        self.params = [p for p in self.plugin.parameters()]
+        for p in self.params:
+            p.requires_grad_(True)
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
+                                           betas=(0.9, 0.98))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config))
+        self.step = 0
+        self.tokens = 0
+        self.seconds = 0.0
+        self.log_path = self.out / "log.jsonl"
+
+    # -------------------------------------------------------------- checkpoints
+    def checkpoints(self) -> list[Path]:
+        found = [p for p in self.out.glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_JSON).is_file()]
+        return sorted(found, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)))
+
+    def save_checkpoint(self) -> Path:
+        """Plug-in (its own format), optimizer, scheduler, step, counters and RNG state; atomic by rename."""
+        final = self.out / f"{CHECKPOINT_PREFIX}{self.step}"
+        tmp = self.out / f".tmp-{CHECKPOINT_PREFIX}{self.step}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self._export(tmp / "plugin")
+        save_state(tmp, self.optimizer.state_dict(), self.scheduler.state_dict(),
+                   {"step": self.step, "tokens": self.tokens, "seconds": self.seconds})
+        (tmp / "train_config.json").write_text(json.dumps(self.config.to_json(), indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in self.checkpoints()[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        if self.config.export_dir:
+            self.export(self.config.export_dir)
+        logger.info("checkpoint %s", final)
+        return final
+
+    def load_checkpoint(self, folder: Path) -> None:
+        loaded = BeaconPlugin.load(folder / "plugin", self.lm)
+        self.plugin.load_state_dict(loaded.state_dict())
+        optimizer, scheduler, counters = load_state(folder)
+        self.optimizer.load_state_dict(optimizer)
+        self.scheduler.load_state_dict(scheduler)
+        self.step, self.tokens, self.seconds = int(counters["step"]), int(counters["tokens"]), float(counters["seconds"])
+        logger.info("resumed from %s at step %d", folder, self.step)
+
+    def _export(self, folder: Path) -> Path:
+        self.plugin.config.update({
+            "trained": self.step > 0, "window": self.config.window, "ratios": list(self.config.ratios),
+            "sink": self.config.sink, "training_step": self.step,
+        })
+        return self.plugin.save(folder)
+
+    def export(self, folder: str | os.PathLike[str]) -> Path:
+        """The plug-in for shipping: ``beacon.safetensors`` + ``beacon_config.json`` + ``TRAINING.md``."""
+        target = Path(folder)
+        tmp = target.parent / f".{target.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self._export(tmp)
+        (tmp / "TRAINING.md").write_text(self.training_note())
+        target.mkdir(parents=True, exist_ok=True)
+        for item in tmp.iterdir():  # file by file: the folder may hold other files of the package
+            item.replace(target / item.name)
+        tmp.rmdir()
+        return target
+
+    def training_note(self) -> str:
+        c = self.config
+        last = self._last_eval or {}
+        return (
+            "# How this beacon plug-in was trained\n\n"
+            f"Written automatically by `beacon_rag.beacon.train` at step {self.step} of {c.steps} "
+            f"({self.tokens} tokens, {self.seconds / 3600:.2f} h of training time).\n\n"
+            f"- model: {self.lm.name} (fingerprint {self.lm.fingerprint[:16]}…), {c.dtype} on {c.device}\n"
+            f"- plug-in: low-rank {c.low_rank} deltas over the base q/k/v + beacon embedding\n"
+            f"- objective: compression-based auto-regression (context through the beacon window loop with "
+            f"gradients, next-token loss on the continuation), distillation weight {c.distill_weight}\n"
+            f"- window {c.window}, ratios {list(c.ratios)} (one per step), sink {c.sink}\n"
+            f"- data: offline mixture {c.tasks} from `split_sources('train')` (Python stdlib docs), contexts "
+            f"{list(c.context_tokens)} tokens, targets up to {c.target_tokens} tokens; seed {c.seed}\n"
+            f"- optimizer: AdamW lr {c.lr}, warmup {c.warmup_steps}, cosine to {c.min_lr_ratio}x, grad clip "
+            f"{c.max_grad_norm}, accumulation {c.grad_accum}\n"
+            f"- latest held-out eval: {json.dumps(last)}\n\n"
+            "Full configuration: `train_config` below; the exact command and hardware are in "
+            "`benchmarks/training/README.md`.\n\n```json\n" + json.dumps(c.to_json(), indent=1) + "\n```\n"
+        )
+
+    # -------------------------------------------------------------- evaluation
+    _last_eval: dict[str, Any] | None = None
+
+    def eval_examples(self) -> list[Example]:
+        if self._eval_examples is None:
+            c = self.config
+            self._eval_examples = [
+                e for task in EVAL_TASKS
+                for e in make_task_examples(self.lm, task, "heldout", c.eval_examples, c.eval_context_tokens,
+                                            seed=c.seed, target_tokens=c.target_tokens)
+            ]
+        return self._eval_examples
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Held-out target loss with the compressed context vs the full context vs no context."""
+        examples = self.eval_examples()
+        if self._eval_refs is None:
+            self._eval_refs = [reference_losses(self.lm, e) for e in examples]
+        compressed = [
+            example_losses(self.lm, self.plugin, e, window=self.config.window, ratio=self.config.eval_ratio,
+                           sink=self.config.sink, grad=False)["lm"].item()
+            for e in examples
+        ]
+        result: dict[str, Any] = {
+            "eval_compressed": sum(compressed) / len(compressed),
+            "eval_full": sum(r["full"] for r in self._eval_refs) / len(examples),
+            "eval_none": sum(r["none"] for r in self._eval_refs) / len(examples),
+            "eval_ratio": self.config.eval_ratio,
+        }
+        per_task: dict[str, list[float]] = {}
+        for e, loss in zip(examples, compressed):
+            per_task.setdefault(e.task, []).append(loss)
+        result["eval_by_task"] = {t: sum(v) / len(v) for t, v in per_task.items()}
+        self._last_eval = result
+        return result
+
+    # -------------------------------------------------------------- loop
+    def _log(self, record: dict[str, Any]) -> None:
+        with self.log_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step over ``grad_accum`` examples at this step's ratio."""
+        c = self.config
+        ratio = step_ratio(c, self.step)
+        started = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = {"loss": 0.0, "lm": 0.0, "distill": 0.0}
+        tokens = 0
+        for micro in range(c.grad_accum):
+            example = self.data[self.step * c.grad_accum + micro]
+            losses = example_losses(self.lm, self.plugin, example, window=c.window, ratio=ratio, sink=c.sink,
+                                    distill_weight=c.distill_weight, temperature=c.distill_temperature)
+            (losses["loss"] / c.grad_accum).backward()
+            for key in totals:
+                if key in losses:
+                    totals[key] += losses[key].item() / c.grad_accum
+            tokens += example.tokens
+        norm = torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        seconds = time.perf_counter() - started
+        self.tokens += tokens
+        self.seconds += seconds
+        return {"step": self.step, "loss": totals["loss"], "lm_loss": totals["lm"],
+                "distill_loss": totals["distill"], "ratio": ratio, "tokens": self.tokens, "step_tokens": tokens,
+                "seconds": round(self.seconds, 3), "step_seconds": round(seconds, 3), "lr": lr,
+                "grad_norm": float(norm)}
+
+    def run(self, progress: bool = True, until: int | None = None) -> Path:
+        """Train until ``config.steps`` (resuming if a checkpoint exists); return the last checkpoint.
+
+        ``until`` stops earlier, after that step (checkpointing there), without changing the
+        schedule: how a run is cut into time-limited pieces (and how tests simulate an interruption).
+        """
+        from tqdm import tqdm
+
+        c = self.config
+        if c.resume and self.checkpoints():
+            self.load_checkpoint(self.checkpoints()[-1])
+        else:
+            (self.out / "train_config.json").write_text(json.dumps(c.to_json(), indent=1))
+        if self.step == 0 and c.eval_every:
+            self._log({"step": 0, **self.evaluate(), "seconds": 0.0, "tokens": 0})
+        bar = tqdm(total=c.steps, initial=self.step, desc="beacon train", disable=not progress, unit="step")
+        last = None
+        stop = c.steps if until is None else min(until, c.steps)
+        while self.step < stop:
+            record = self.train_step()
+            if c.eval_every and self.step % c.eval_every == 0:
+                record.update(self.evaluate())
+            self._log(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", r=record["ratio"])
+            if self.step % c.checkpoint_every == 0 or self.step == stop:
+                last = self.save_checkpoint()
+        bar.close()
+        return last or self.checkpoints()[-1]
+
+
+def train(config: TrainConfig, lm: LoadedModel | None = None, progress: bool = True) -> Path:
+    """Train a beacon plug-in as ``config`` says; returns the final checkpoint folder.
+
+    The trained plug-in is in ``<checkpoint>/plugin`` (and in ``config.export_dir`` when set), loadable
+    with ``BeaconPlugin.load(folder, lm)``.
+    """
+    return Trainer(config, lm=lm).run(progress=progress)
+
+
+# ---------------------------------------------------------------------------- CLI
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.replace(",", " ").split())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``beacon-rag train`` (defaults: the settings used for the shipped SmolLM2 plug-in)."""
+    d = TrainConfig()
+    parser.add_argument("--output-dir", default=d.output_dir, help="checkpoints and log.jsonl go here")
+    parser.add_argument("--model", default=None, help="model folder or .gguf (default: embedded SmolLM2)")
+    parser.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default=d.device, help="cpu or cuda")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--steps", type=int, default=d.steps)
+    parser.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    parser.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm)
+    parser.add_argument("--window", type=int, default=d.window)
+    parser.add_argument("--ratios", type=_ints, default=d.ratios, help="e.g. '2,4,8' (one drawn per step)")
+    parser.add_argument("--sink", type=int, default=d.sink)
+    parser.add_argument("--low-rank", type=int, default=d.low_rank, help="delta rank; 0 = full-rank copies")
+    parser.add_argument("--context-tokens", type=_ints, default=d.context_tokens, help="'min,max'")
+    parser.add_argument("--target-tokens", type=int, default=d.target_tokens)
+    parser.add_argument("--tasks", default=None,
+                        help="task weights as JSON, e.g. '{\"lm\": 0.5, \"passkey\": 0.5}'")
+    parser.add_argument("--distill-weight", type=float, default=d.distill_weight)
+    parser.add_argument("--distill-temperature", type=float, default=d.distill_temperature)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    parser.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
+    parser.add_argument("--eval-every", type=int, default=d.eval_every)
+    parser.add_argument("--eval-examples", type=int, default=d.eval_examples)
+    parser.add_argument("--eval-context-tokens", type=int, default=d.eval_context_tokens)
+    parser.add_argument("--eval-ratio", type=int, default=d.eval_ratio)
+    parser.add_argument("--export-dir", default=None, help="also write the latest plug-in here at each checkpoint")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    tasks = json.loads(args.tasks) if args.tasks else dict(Mixture().weights)
+    return TrainConfig(
+        output_dir=args.output_dir, model=args.model, dtype=args.dtype, device=args.device, seed=args.seed,
+        steps=args.steps, grad_accum=args.grad_accum, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm, window=args.window,
+        ratios=tuple(args.ratios), sink=args.sink, low_rank=args.low_rank or None,
+        context_tokens=tuple(args.context_tokens), target_tokens=args.target_tokens, tasks=tasks,
+        distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
+        gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints, eval_every=args.eval_every, eval_examples=args.eval_examples,
+        eval_context_tokens=args.eval_context_tokens, eval_ratio=args.eval_ratio, export_dir=args.export_dir,
+        threads=args.threads, resume=not args.no_resume,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """``beacon-rag train``: train, print the final checkpoint folder, exit 0."""
+    path = train(config_from_args(args), progress=not args.no_progress)
+    print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m beacon_rag.beacon.train ...`` until the CLI wires ``beacon-rag train``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="beacon-rag train", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""Beacon trainer: it learns, touches only the plug-in, resumes exactly; low-rank plug-ins; data.
+
+Everything runs the real trainer code path on tiny random models (no mocks), single-threaded as in
+test_beacon.py, so the file stays well under a minute on a busy 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from beacon_rag.beacon import BeaconPlugin, BeaconWeightsError, compress_segment
+from beacon_rag.beacon.data import TrainingData, filler_stream, make_task_examples
+from beacon_rag.beacon.train import TrainConfig, Trainer, lr_factor
+from beacon_rag.kv import KVContext
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models run single-threaded (see test_beacon.py for the measured reason)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def lm(embedded):
+    # A fresh tiny model for this module: training must not share state with other tests' models.
+    return tiny_model("llama", embedded.tokenizer, seed=7)
+
+
+@pytest.fixture(scope="module")
+def examples(lm):
+    """A fixed tiny dataset: short passkey examples (real generator, held-out data never used)."""
+    return make_task_examples(lm, "passkey", "train", 4, 56, seed=3)
+
+
+class Fixed:
+    """Cycles through a fixed list, with the indexable interface of TrainingData."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __getitem__(self, index):
+        return self.items[index % len(self.items)]
+
+
+def config(tmp_path, **overrides) -> TrainConfig:
+    values: dict = {"output_dir": str(tmp_path), "steps": 24, "window": 16, "ratios": (2, 4), "low_rank": 4,
+                    "lr": 3e-3, "warmup_steps": 2, "eval_every": 0, "checkpoint_every": 8, "resume": True,
+                    "context_tokens": (40, 64), "target_tokens": 8}
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def trainer(cfg, lm, examples) -> Trainer:
+    return Trainer(cfg, lm=lm, data=Fixed(examples), eval_examples=examples[:2])
+
+
+def mean_loss(t: Trainer, examples) -> float:
+    from beacon_rag.beacon.train import example_losses
+
+    with torch.no_grad():
+        return sum(example_losses(t.lm, t.plugin, e, window=16, ratio=4, grad=False)["lm"].item()
+                   for e in examples) / len(examples)
+
+
+def test_loss_decreases_and_only_plugin_changes(tmp_path, lm, examples):
+    base_before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    t = trainer(config(tmp_path, steps=30, eval_every=10), lm, examples)
+    plugin_before = {k: v.clone() for k, v in t.plugin.state_dict().items()}
+    before = mean_loss(t, examples)
+    t.run(progress=False)
+    after = mean_loss(t, examples)
+    assert after < before - 0.3, (before, after)
+    for name, tensor in lm.model.state_dict().items():
+        assert torch.equal(tensor, base_before[name]), f"base weight {name} changed"
+    changed = [k for k, v in t.plugin.state_dict().items() if not torch.equal(v, plugin_before[k])]
+    assert any("lora_B" in k for k in changed) and "beacon_embed" in changed
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert records[0]["step"] == 0 and "eval_compressed" in records[0]
+    assert {"loss", "lm_loss", "distill_loss", "tokens", "seconds", "lr"} <= set(records[1])
+    evals = [r for r in records if "eval_compressed" in r]
+    assert evals[-1]["eval_compressed"] < evals[0]["eval_compressed"]
+    assert all("eval_full" in r and "eval_none" in r for r in evals)
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, lm, examples):
+    straight = trainer(config(tmp_path / "a", steps=12, checkpoint_every=6, distill_weight=0.5), lm, examples)
+    straight.run(progress=False)
+
+    first = trainer(config(tmp_path / "b", steps=12, checkpoint_every=4, distill_weight=0.5), lm, examples)
+    first.run(progress=False, until=6)  # interrupted after step 6 (checkpoints at 4 and 6)
+    # A new process builds a new Trainer from the same config and resumes from the newest checkpoint.
+    resumed = trainer(config(tmp_path / "b", steps=12, checkpoint_every=4, distill_weight=0.5), lm, examples)
+    resumed.run(progress=False)
+    assert resumed.step == 12
+    for (name, a), (_, b) in zip(straight.plugin.state_dict().items(), resumed.plugin.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    # The log of the resumed run continues where it stopped.
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert steps[-1] == 12
+
+
+def test_schedule_warms_up_then_decays():
+    cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(10, cfg) == pytest.approx(1.0)
+    assert lr_factor(100, cfg) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])  # qwen2: q/k/v biases (bias deltas)
+def test_low_rank_init_equals_untrained_full_copy(embedded, family):
+    lm = tiny_model(family, embedded.tokenizer, seed=11)
+    ids = torch.randint(10, 5000, (45,), generator=torch.Generator().manual_seed(0)).tolist()
+    full = BeaconPlugin.from_model(lm)
+    low = BeaconPlugin.from_model(lm, low_rank=4, seed=1)
+    assert low.low_rank == 4 and low.digest() != full.digest()
+    a = compress_segment(lm, full, ids, KVContext(lm), window=16, ratio=4)
+    b = compress_segment(lm, low, ids, KVContext(lm), window=16, ratio=4)
+    assert torch.allclose(a.keys, b.keys, atol=1e-5) and torch.allclose(a.values, b.values, atol=1e-5)
+    # Only the deltas (and the embedding) are stored: base weights are not part of the state.
+    assert all(k.endswith(("lora_A", "lora_B", "bias_delta")) or k == "beacon_embed" for k in low.state_dict())
+
+
+def test_low_rank_save_load_round_trip(tmp_path, lm):
+    plugin = BeaconPlugin.from_model(lm, low_rank=3, seed=2)
+    with torch.no_grad():
+        for name, p in plugin.named_parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.05)
+    plugin.save(tmp_path / "p")
+    config = json.loads((tmp_path / "p" / "beacon_config.json").read_text())
+    assert config["low_rank"] == 3
+    loaded = BeaconPlugin.load(tmp_path / "p", lm)
+    assert loaded.digest() == plugin.digest()
+    ids = list(range(100, 140))
+    a = compress_segment(lm, plugin, ids, KVContext(lm), window=16, ratio=2)
+    b = compress_segment(lm, loaded, ids, KVContext(lm), window=16, ratio=2)
+    assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    # The effective weights, as the official layout names them, are base + B @ A.
+    official = loaded.to_official_state_dict()
+    q = official["model.layers.0.self_attn.beacon_q_proj.weight"]
+    base = lm.model.model.layers[0].self_attn.q_proj.weight
+    layer = plugin.layers[0].beacon_q_proj
+    assert torch.allclose(q, base + layer.lora_B @ layer.lora_A)
+    # Without a model the deltas load (digest, config), but compressing says what is missing.
+    unbound = BeaconPlugin.load(tmp_path / "p")
+    assert unbound.digest() == plugin.digest() and not unbound.bound
+    with pytest.raises(BeaconWeightsError, match="base weights"):
+        unbound.layers[0].beacon_q_proj(torch.zeros(1, 1, 64))
+    unbound.check_model(lm)  # what BeaconCompressor does on first use: binds the base
+    c = compress_segment(lm, unbound, ids, KVContext(lm), window=16, ratio=2)
+    assert torch.equal(a.keys, c.keys)
+
+
+def test_data_deterministic_and_splits_disjoint(lm):
+    one = make_task_examples(lm, "rag-qa", "heldout", 2, 200, seed=5)
+    two = make_task_examples(lm, "rag-qa", "heldout", 2, 200, seed=5)
+    assert [e.context_ids for e in one] == [e.context_ids for e in two]
+    assert one[0].answer and one[0].answer in lm.decode(one[0].context_ids)
+    train = make_task_examples(lm, "rag-qa", "train", 2, 200, seed=5)
+    assert train[0].context_ids != one[0].context_ids
+    _, train_names = filler_stream(lm, "train")
+    _, heldout_names = filler_stream(lm, "heldout")
+    assert train_names and heldout_names and not set(train_names) & set(heldout_names)
+    data = TrainingData(lm, seed=1)
+    assert data[3] == TrainingData(lm, seed=1)[3]
+    for task in ("passkey", "multiturn", "lm-loss", "kv", "fact"):
+        example = make_task_examples(lm, task, "train", 1, 120, seed=0)[0]
+        assert abs(len(example.context_ids) - 120) <= 24, (task, len(example.context_ids))
+        assert example.target_ids and (task == "lm-loss" or example.answer in lm.decode(example.target_ids))
+
+
+def test_cli_arguments_build_the_config():
+    import argparse
+
+    from beacon_rag.beacon.train import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--steps", "7", "--ratios", "2,8", "--low-rank", "0", "--context-tokens", "64,128",
+                              "--tasks", '{"passkey": 1}', "--distill-weight", "0.3", "--no-resume"])
+    cfg = config_from_args(args)
+    assert (cfg.steps, cfg.ratios, cfg.low_rank, cfg.context_tokens) == (7, (2, 8), None, (64, 128))
+    assert cfg.tasks == {"passkey": 1} and cfg.distill_weight == 0.3 and cfg.resume is False
+    assert TrainConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+    with pytest.raises(ValueError):
+        TrainConfig(window=100, ratios=(8,)).check()
