@@ -21,7 +21,7 @@ DEMO_FOLLOW_UP = "How tall is the lighthouse?"
 
 def _engine_options(parser: argparse.ArgumentParser, placement: str = "chained") -> None:
     parser.add_argument("--model", default=None, help="model folder or .gguf file (default: embedded SmolLM2)")
-    parser.add_argument("--compressor", default="exact", help="exact | beacon")
+    parser.add_argument("--compressor", default="exact", help="exact | beacon | streaming | knorm")
     parser.add_argument("--ratio", type=parse_ratio, default=None,
                         help="compression ratio (beacon): 2, 4, 8, 16, 32, 0 (raw) or adapt")
     parser.add_argument("--window", type=int, default=None, help="beacon window in raw tokens (beacon only)")
@@ -211,11 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
-    from beacon_rag.bench import placement, ttft
+    from beacon_rag.bench import placement, quality, ttft
 
     for name, module, summary in [
         ("ttft", ttft, "time to first token: full prefill vs cold vs warm"),
         ("placement", placement, "multi-document QA: independent placement (and repair) vs full prefill"),
+        ("quality", quality, "answer quality of a compressor vs full context and no context"),
     ]:
         bench_parser = bench_sub.add_parser(name, help=summary)
         module.add_arguments(bench_parser)

@@ -60,7 +60,7 @@ def test_files_that_cannot_be_read(tmp_path):
 
 
 def test_unknown_compressor_placement_and_ratio(tiny_models, tmp_path):
-    with pytest.raises(ValueError, match="unknown compressor .zip.; available: beacon, exact"):
+    with pytest.raises(ValueError, match="unknown compressor .zip.; available: beacon, exact, knorm, streaming"):
         Engine(tiny_models["llama"], compressor="zip", cache_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown placement"):
         Engine(tiny_models["llama"], placement="random", cache_dir=tmp_path)

@@ -7,8 +7,15 @@ from typing import Any, Callable
 from beacon_rag.compressors.base import Compressor, prefill_pre_rope
 from beacon_rag.compressors.beacon import BeaconCompressor
 from beacon_rag.compressors.exact import ExactCompressor
+from beacon_rag.compressors.knorm import KnormCompressor
+from beacon_rag.compressors.streaming import StreamingCompressor
 
-_REGISTRY: dict[str, Callable[..., Compressor]] = {"exact": ExactCompressor, "beacon": BeaconCompressor}
+_REGISTRY: dict[str, Callable[..., Compressor]] = {
+    "exact": ExactCompressor,
+    "beacon": BeaconCompressor,
+    "streaming": StreamingCompressor,
+    "knorm": KnormCompressor,
+}
 
 
 def register_compressor(name: str, factory: Callable[..., Compressor]) -> None:
@@ -48,13 +55,18 @@ def get_compressor(name: str, **options: Any) -> Compressor:
         raise ValueError(
             f"unknown compressor {name!r}; available: {', '.join(available_compressors())}"
         ) from None
-    return factory(**options)
+    try:
+        return factory(**options)
+    except TypeError as err:  # an option this method does not have, e.g. --window for streaming
+        raise ValueError(f"compressor {name!r} does not accept these options {sorted(options)}: {err}") from None
 
 
 __all__ = [
     "BeaconCompressor",
     "Compressor",
     "ExactCompressor",
+    "KnormCompressor",
+    "StreamingCompressor",
     "available_compressors",
     "compressor_options",
     "get_compressor",

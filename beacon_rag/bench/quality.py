@@ -1,0 +1,519 @@
+"""``beacon-rag bench quality``: what a compressor costs in answers, against full context and none.
+
+Why this bench: a compressed KV cache is only worth storing if the model still answers from it.
+Every figure is therefore measured three times in one run, on the same prompts, greedy:
+
+* the method under test (``--compressor`` at ``--ratio``), through the engine (chained placement;
+  every cached segment compressed, the question tail prefilled live, as in production);
+* ``full``: the exact compressor, i.e. a plain prefill of the whole prompt (the ceiling);
+* ``none``: the same question with no context (the floor: what the model knows or guesses).
+
+``ratio_to_full`` puts the method on the scale that matters for a small model whose own
+long-context reach is short (see reference/peers.md): how much of the full-context result survives.
+
+Tasks (all text from the *held-out* split of the offline corpus, which beacon training never sees;
+fixed seeds, so every method and every run sees the same examples):
+
+* ``passkey``: a 5-digit pass key sentence hidden at a random depth in ``--context-tokens`` of
+  filler, given as one document; "What is the pass key?".
+* ``rag-qa``: ``--docs`` documents of prose, each carrying one invented access code of a named
+  place; the question asks for one place's code (the layout of ``bench placement``).
+* ``multiturn``: a conversation whose first user turns state personal facts ("My locker number
+  is 4172."), then unrelated turns carrying held-out passages, then a question recalling one fact.
+  Every turn but the last is a cached (chained) segment.
+* ``lm-loss``: mean next-token loss on the held-out text that follows a context of
+  ``--context-tokens`` tokens, teacher-forced through the plain model on a cache built from the
+  compressed context. The first continuation token is fed in every condition (there is nothing to
+  predict it from without context), so ``--continuation-tokens`` tokens are scored in each.
+  ``gap_recovered = (none - loss) / (none - full)``: 1 means as good as full context, 0 as bad as none.
+  Its ``ratio_to_full`` is ``exp(full - loss)``, full-context perplexity over the method's (1 = as good).
+
+``kept_slots_per_token`` counts every cached segment (system prompt and chat glue included, as the
+engine compresses them all); the live question tail is not counted.
+
+A QA answer is correct when the expected number appears in it as a whole digit run (the model
+answers in full sentences, so we allow 24+ new tokens and do not require an exact answer string).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from beacon_rag.bench.corpus import split_sources
+from beacon_rag.compressors.base import Compressor
+from beacon_rag.compressors.beacon import DEFAULT_WINDOW, BeaconCompressor
+from beacon_rag.compressors.beacon import default_options as default_beacon_options
+from beacon_rag.compressors.exact import ExactCompressor
+from beacon_rag.compressors.knorm import KnormCompressor
+from beacon_rag.compressors.streaming import DEFAULT_SINK, StreamingCompressor
+from beacon_rag.engine import Engine, rag_messages
+from beacon_rag.kv import KVContext
+from beacon_rag.models import LoadedModel, load_model
+from beacon_rag.segments import Message
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("passkey", "rag-qa", "multiturn", "lm-loss")
+COMPRESSORS = ("beacon", "streaming", "knorm", "exact")
+DEFAULT_CONTEXT_TOKENS = {"passkey": 1024, "rag-qa": 512, "multiturn": 512, "lm-loss": 1024}
+DEFAULT_RATIO = 8
+MIN_ANSWER_TOKENS = 24  # the embedded model answers in full sentences; fewer tokens cut answers short
+ENGINE_MEMORY_BYTES = 256 << 20  # examples are never repeated, so a small RAM tier is plenty
+PASSKEY_QUESTION = "What is the pass key?"
+PLACES = (
+    "the Harbor Museum", "the North Gate", "the seed vault", "the clock tower", "the east archive",
+    "the old mill", "the river lock", "the glass house", "the signal station", "the salt store",
+    "the observatory", "the boat shed", "the wine cellar", "the west tunnel", "the chapel crypt",
+    "the pump house", "the radio mast", "the ice house", "the map room", "the powder store",
+)
+PERSONAL_FACTS = (  # (statement, the assistant's echo, question); {} is a 4-digit number
+    ("My locker number is {}.", "your locker number is {}", "What is my locker number?"),
+    ("The code of my bike lock is {}.", "the code of your bike lock is {}", "What is the code of my bike lock?"),
+    ("My apartment door code is {}.", "your apartment door code is {}", "What is my apartment door code?"),
+    ("My library card number is {}.", "your library card number is {}", "What is my library card number?"),
+    ("The PIN of my garage door is {}.", "the PIN of your garage door is {}", "What is the PIN of my garage door?"),
+    ("My hotel room number is {}.", "your hotel room number is {}", "What is my hotel room number?"),
+)
+MULTITURN_SYSTEM = "You are a helpful assistant. Remember what the user tells you."
+
+
+# --------------------------------------------------------------------------- examples
+@dataclass(frozen=True)
+class QAExample:
+    """One question with its context (``messages``), the same question alone, and the answer."""
+
+    messages: list[Message]
+    none_messages: list[Message]
+    answer: str
+    context_text: str  # the text the answer must be read from (tests check it is really there)
+
+
+@dataclass(frozen=True)
+class LMExample:
+    """A context and the text that follows it, as token ids of one contiguous held-out stretch."""
+
+    context_ids: list[int]
+    continuation_ids: list[int]
+
+
+_HELDOUT_IDS: dict[str, list[int]] = {}
+
+
+def heldout_ids(lm: LoadedModel) -> list[int]:
+    """The held-out corpus as token ids (once per tokenizer: encoding 270K characters takes a moment)."""
+    ids = _HELDOUT_IDS.get(lm.tokenizer_digest)
+    if ids is None:
+        text = "\n\n".join(text for _name, text in split_sources("heldout"))
+        ids = lm.tokenizer.encode(text, add_special_tokens=False)
+        _HELDOUT_IDS[lm.tokenizer_digest] = ids
+    return ids
+
+
+def filler(lm: LoadedModel, rng: random.Random, tokens: int) -> str:
+    """About ``tokens`` tokens of held-out prose from a random place (decoded, so re-encoding may differ by a few)."""
+    ids = heldout_ids(lm)
+    if tokens < 1:
+        return ""
+    if tokens >= len(ids):
+        raise ValueError(f"the held-out corpus has {len(ids)} tokens, fewer than the {tokens} requested")
+    start = rng.randrange(0, len(ids) - tokens)
+    return lm.tokenizer.decode(ids[start : start + tokens]).strip()
+
+
+def insert_at_depth(text: str, sentence: str, depth: float) -> str:
+    """Put ``sentence`` at the boundary (line or sentence end) nearest ``depth`` in [0, 1] of ``text``.
+
+    Inserting at a boundary keeps the needle a sentence of its own rather than splitting a word,
+    so the task measures memory, not robustness to garbled text.
+    """
+    target = depth * len(text)
+    cuts = [0, len(text)] + [m.end() for m in re.finditer(r"\n+|(?<=[.!?:])\s+", text)]
+    cut = min(cuts, key=lambda c: (abs(c - target), c))
+    if cut == 0:
+        return f"{sentence} {text}" if text else sentence
+    if cut == len(text):
+        return f"{text.rstrip()} {sentence}"
+    gap = text[:cut][len(text[:cut].rstrip()):]  # the whitespace the cut follows, kept after the needle too
+    return f"{text[:cut]}{sentence}{gap if chr(10) in gap else ' '}{text[cut:]}"
+
+
+def _codes(rng: random.Random, count: int, digits: int) -> list[str]:
+    low = 10 ** (digits - 1)
+    return [str(c) for c in rng.sample(range(low, 10 * low), count)]
+
+
+def make_passkey_examples(lm: LoadedModel, count: int, context_tokens: int, seed: int = 0) -> list[QAExample]:
+    """Pass key retrieval: one document of ``context_tokens`` tokens with the key at a random depth."""
+    rng = random.Random(f"passkey-{seed}")
+    examples = []
+    for _ in range(count):
+        code = _codes(rng, 1, 5)[0]
+        needle = f"The pass key is {code}. Remember it. {code} is the pass key."
+        budget = max(context_tokens - len(lm.encode(needle)), 0)
+        document = insert_at_depth(filler(lm, rng, budget), needle, rng.random())
+        examples.append(QAExample(rag_messages(PASSKEY_QUESTION, [document]), rag_messages(PASSKEY_QUESTION, []),
+                                  code, document))
+    return examples
+
+
+def make_rag_examples(
+    lm: LoadedModel, count: int, context_tokens: int, docs: int = 3, seed: int = 0
+) -> list[QAExample]:
+    """Multi-document QA: ``docs`` documents (``context_tokens`` in all), one invented fact in each."""
+    if not 1 <= docs <= len(PLACES):
+        raise ValueError(f"docs must be between 1 and {len(PLACES)}, got {docs}")
+    rng = random.Random(f"rag-qa-{seed}")
+    per = context_tokens // docs
+    examples = []
+    for _ in range(count):
+        places = rng.sample(PLACES, docs)
+        codes = _codes(rng, docs, 4)
+        documents = []
+        for place, code in zip(places, codes):
+            fact = f"The access code for {place} is {code}."
+            body = filler(lm, rng, max(per - len(lm.encode(fact)), 0))
+            documents.append(insert_at_depth(body, fact, rng.random()))
+        target = rng.randrange(docs)
+        question = f"What is the access code for {places[target]}?"
+        examples.append(QAExample(rag_messages(question, documents), rag_messages(question, []), codes[target],
+                                  documents[target]))
+    return examples
+
+
+def make_multiturn_examples(
+    lm: LoadedModel, count: int, context_tokens: int, facts: int = 2, filler_turns: int = 3, seed: int = 0
+) -> list[QAExample]:
+    """Conversation recall: facts stated in the first turns, then unrelated passages, then a question.
+
+    The assistant repeats the fact back in its reply (as chat assistants do): measured on the embedded
+    model, a bare "Noted." made even the full context fail (it copied the last assistant reply
+    instead), which would leave nothing for compression to lose. The fact still lives only in the
+    early turns, which must survive compression of themselves and of everything after them.
+    """
+    if not 1 <= facts <= len(PERSONAL_FACTS):
+        raise ValueError(f"facts must be between 1 and {len(PERSONAL_FACTS)}, got {facts}")
+    if filler_turns < 0:
+        raise ValueError(f"filler_turns must be >= 0, got {filler_turns}")
+    rng = random.Random(f"multiturn-{seed}")
+    per = context_tokens // filler_turns if filler_turns else 0
+    examples = []
+    for _ in range(count):
+        chosen = rng.sample(PERSONAL_FACTS, facts)
+        codes = _codes(rng, facts, 4)
+        messages = [Message("system", MULTITURN_SYSTEM)]
+        for (statement, echo, _question), code in zip(chosen, codes):
+            messages.append(Message("user", f"{statement.format(code)} Please remember it."))
+            messages.append(Message("assistant", f"Noted: {echo.format(code)}."))
+        for _ in range(filler_turns):
+            passage = filler(lm, rng, per)
+            messages.append(Message("user", f"Here is a passage I am reading:\n\n{passage}"))
+            messages.append(Message("assistant", "Thank you for sharing it."))
+        target = rng.randrange(facts)
+        question = f"Going back to what I told you at the start. {chosen[target][2]}"
+        messages.append(Message("user", question))
+        examples.append(QAExample(messages, [Message("system", MULTITURN_SYSTEM), Message("user", question)],
+                                  codes[target], chosen[target][0].format(codes[target])))
+    return examples
+
+
+def make_lm_examples(
+    lm: LoadedModel, count: int, context_tokens: int, continuation_tokens: int = 64, seed: int = 0
+) -> list[LMExample]:
+    """Contiguous held-out stretches: ``context_tokens`` of context, then ``continuation_tokens + 1``."""
+    if context_tokens < 1 or continuation_tokens < 1:
+        raise ValueError("context_tokens and continuation_tokens must be >= 1")
+    ids = heldout_ids(lm)
+    span = context_tokens + continuation_tokens + 1
+    if span >= len(ids):
+        raise ValueError(f"the held-out corpus has {len(ids)} tokens, fewer than the {span} needed")
+    rng = random.Random(f"lm-loss-{seed}")
+    examples = []
+    for _ in range(count):
+        start = rng.randrange(0, len(ids) - span)
+        examples.append(LMExample(ids[start : start + context_tokens], ids[start + context_tokens : start + span]))
+    return examples
+
+
+def make_examples(task: str, lm: LoadedModel, count: int, context_tokens: int, seed: int = 0,
+                  docs: int = 3, continuation_tokens: int = 64) -> list[QAExample] | list[LMExample]:
+    """The examples of ``task`` (deterministic for a given tokenizer, seed and sizes)."""
+    if count < 1:
+        raise ValueError(f"examples must be >= 1, got {count}")
+    if context_tokens < 1:
+        raise ValueError(f"context tokens must be >= 1, got {context_tokens}")
+    if task == "passkey":
+        return make_passkey_examples(lm, count, context_tokens, seed)
+    if task == "rag-qa":
+        return make_rag_examples(lm, count, context_tokens, docs, seed)
+    if task == "multiturn":
+        return make_multiturn_examples(lm, count, context_tokens, seed=seed)
+    if task == "lm-loss":
+        return make_lm_examples(lm, count, context_tokens, continuation_tokens, seed)
+    raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+
+
+# --------------------------------------------------------------------------- scoring
+def answer_correct(answer: str, expected: str) -> bool:
+    """``expected`` appears in ``answer`` as a whole run of digits (so 4172 does not match 41720)."""
+    return expected in re.findall(r"\d+", answer)
+
+
+def gap_recovered(loss: float, full: float, none: float) -> float | None:
+    """Share of the no-context -> full-context loss gap the method keeps; ``None`` if there is no gap."""
+    gap = none - full
+    if not math.isfinite(gap) or abs(gap) < 1e-12:
+        return None
+    return (none - loss) / gap
+
+
+def continuation_loss(lm: LoadedModel, context: KVContext | None, ids: list[int]) -> float:
+    """Mean loss of ``ids[1:]`` given ``context`` and ``ids[0]`` (teacher-forced, plain model)."""
+    if len(ids) < 2:
+        raise ValueError("a continuation needs at least 2 tokens (one fed, one scored)")
+    cache = context.to_cache() if context is not None and context.length else None
+    inputs = torch.tensor([ids], dtype=torch.long, device=lm.device)
+    with lm.lock, torch.inference_mode():
+        out = lm.model(input_ids=inputs, past_key_values=cache, use_cache=cache is not None)
+    logits = out.logits[0, :-1].float()
+    return float(torch.nn.functional.cross_entropy(logits, inputs[0, 1:]))
+
+
+# --------------------------------------------------------------------------- compressors
+def parse_quality_ratio(text: str) -> int | float | str:
+    """``--ratio``: an integer, a real number (eviction methods accept e.g. 1.5) or ``adapt`` (beacon)."""
+    if text == "adapt":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ratio must be a number or 'adapt', got {text!r}") from None
+
+
+def build_compressor(
+    name: str,
+    ratio: float | str | None = None,
+    window: int | None = None,
+    plugin: str | None = None,
+    sink: int | None = None,
+    lm: LoadedModel | None = None,
+) -> Compressor:
+    """The compressor under test; options that do not apply to ``name`` are refused, not ignored.
+
+    Built here rather than through the registry so this bench does not depend on which
+    methods ``beacon_rag.compressors`` has registered yet.
+    """
+    if name not in COMPRESSORS:
+        raise ValueError(f"unknown compressor {name!r}; use one of {', '.join(COMPRESSORS)}")
+    if name != "beacon" and (window is not None or plugin is not None):
+        raise ValueError("--window and --plugin apply to the beacon compressor only")
+    if name != "streaming" and sink is not None:
+        raise ValueError("--sink applies to the streaming compressor only")
+    if name == "exact":
+        if ratio not in (None, 1):
+            raise ValueError("exact keeps every token; it takes no ratio")
+        return ExactCompressor()
+    ratio = DEFAULT_RATIO if ratio is None else ratio
+    if name == "beacon":
+        if isinstance(ratio, float):
+            if not ratio.is_integer():
+                raise ValueError(f"beacon needs an integer ratio (2, 4, 8, 16, 32) or 'adapt', got {ratio}")
+            ratio = int(ratio)
+        if plugin == "untrained":  # the baseline every trained plug-in must beat
+            return BeaconCompressor(ratio=ratio, window=window or DEFAULT_WINDOW)
+        options: dict[str, object] = {"ratio": ratio}
+        if window is not None:
+            options["window"] = window
+        if plugin is not None:
+            options["plugin"] = plugin
+        if lm is not None:  # the plug-in shipped for this model (and its window), as the engine does
+            options = default_beacon_options(lm, options)
+        options.setdefault("window", DEFAULT_WINDOW)
+        return BeaconCompressor(**options)  # type: ignore[arg-type]
+    if name == "streaming":
+        return StreamingCompressor(ratio, DEFAULT_SINK if sink is None else sink)  # type: ignore[arg-type]
+    return KnormCompressor(ratio)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- evaluation
+@dataclass
+class _Tally:
+    """Running totals for one condition (method, full or none)."""
+
+    scores: list[float] = field(default_factory=list)
+    slots: int = 0
+    raw: int = 0
+    outputs: list[str] = field(default_factory=list)
+
+    def mean(self) -> float:
+        return sum(self.scores) / len(self.scores) if self.scores else float("nan")
+
+    def kept_per_token(self) -> float | None:
+        return self.slots / self.raw if self.raw else None
+
+
+def _answer(engine: Engine, messages: list[Message], expected: str, tally: _Tally, max_new_tokens: int) -> None:
+    result = engine.generate(messages, max_new_tokens=max_new_tokens)
+    tally.scores.append(float(answer_correct(result.text, expected)))
+    tally.slots += sum(u.slots for u in result.segments)
+    tally.raw += sum(u.raw_tokens for u in result.segments)
+    tally.outputs.append(result.text)
+
+
+def _run_qa(lm: LoadedModel, compressor: Compressor, examples: list[QAExample],
+            max_new_tokens: int) -> tuple[_Tally, _Tally, _Tally, list[int]]:
+    exact_method = compressor.name == "exact"
+    method_engine = Engine(lm, compressor=compressor, persist=False, memory_bytes=ENGINE_MEMORY_BYTES)
+    full_engine = method_engine if exact_method else Engine(
+        lm, compressor=ExactCompressor(), persist=False, memory_bytes=ENGINE_MEMORY_BYTES)
+    method, full, none = _Tally(), _Tally(), _Tally()
+    prompt_tokens = []
+    for example in tqdm(examples, desc=f"quality {compressor.name}", unit="example"):
+        _answer(full_engine, example.messages, example.answer, full, max_new_tokens)
+        if exact_method:
+            method.scores.append(full.scores[-1])
+            method.slots, method.raw = full.slots, full.raw
+            method.outputs.append(full.outputs[-1])
+        else:
+            _answer(method_engine, example.messages, example.answer, method, max_new_tokens)
+        _answer(full_engine, example.none_messages, example.answer, none, max_new_tokens)
+        prompt_tokens.append(len(full_engine.prompt_token_ids(example.messages)))
+    return method, full, none, prompt_tokens
+
+
+def _run_lm(lm: LoadedModel, compressor: Compressor,
+            examples: list[LMExample]) -> tuple[_Tally, _Tally, _Tally, list[int]]:
+    exact = ExactCompressor()
+    method, full, none = _Tally(), _Tally(), _Tally()
+    for example in tqdm(examples, desc=f"lm-loss {compressor.name}", unit="example"):
+        for tally, method_ in ((full, exact), (method, compressor)):
+            if method_ is compressor and compressor.name == "exact":
+                tally.scores.append(full.scores[-1])
+                tally.slots, tally.raw = full.slots, full.raw
+                continue
+            kv = method_.compress(lm, example.context_ids, KVContext(lm))
+            context = KVContext(lm)
+            context.append(kv)
+            tally.scores.append(continuation_loss(lm, context, example.continuation_ids))
+            tally.slots += kv.slots
+            tally.raw += kv.raw_tokens
+        none.scores.append(continuation_loss(lm, None, example.continuation_ids))
+    return method, full, none, [len(e.context_ids) for e in examples]
+
+
+def run(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[str, Any]:
+    """Run one task for one method, with ``full`` and ``none`` measured on the same examples.
+
+    ``lm`` lets tests (and notebooks) pass a loaded model; the CLI loads ``--model``.
+    """
+    started = time.perf_counter()
+    if args.max_tokens < 1:
+        raise ValueError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    if args.max_tokens < MIN_ANSWER_TOKENS and args.task != "lm-loss":
+        logger.warning("--max-tokens %d < %d: full-sentence answers may be cut before the number",
+                       args.max_tokens, MIN_ANSWER_TOKENS)
+    build_compressor(args.compressor, args.ratio, args.window, args.plugin, args.sink)  # bad options fail fast
+    lm = lm if lm is not None else load_model(args.model)
+    compressor = build_compressor(args.compressor, args.ratio, args.window, args.plugin, args.sink, lm=lm)
+    context_tokens = args.context_tokens or DEFAULT_CONTEXT_TOKENS[args.task]
+    examples = make_examples(args.task, lm, args.examples, context_tokens, args.seed, args.docs,
+                             args.continuation_tokens)
+    if args.task == "lm-loss":
+        method, full, none, lengths = _run_lm(lm, compressor, examples)  # type: ignore[arg-type]
+    else:
+        method, full, none, lengths = _run_qa(lm, compressor, examples, args.max_tokens)  # type: ignore[arg-type]
+
+    score, full_score, none_score = method.mean(), full.mean(), none.mean()
+    report: dict[str, Any] = {
+        "task": args.task,
+        "compressor": compressor.name,
+        "ratio": getattr(compressor, "ratio", None),
+        "compressor_spec": compressor.spec(),
+        "model": lm.name,
+        "n": len(examples),
+        "context_tokens": context_tokens,
+        "mean_prompt_tokens": sum(lengths) / len(lengths),
+        "seed": args.seed,
+    }
+    if args.task == "lm-loss":
+        report.update(
+            loss=score, full=full_score, none=none_score,
+            gap_recovered=gap_recovered(score, full_score, none_score),
+            # perplexity of full context over that of the method: 1.0 = as good as full, lower = worse
+            ratio_to_full=math.exp(full_score - score),
+            continuation_tokens=args.continuation_tokens,
+        )
+    else:
+        report.update(
+            accuracy=score, full=full_score, none=none_score,
+            ratio_to_full=(score / full_score) if full_score else None,
+            max_new_tokens=args.max_tokens,
+        )
+    report["kept_slots_per_token"] = method.kept_per_token()
+    report["full_slots_per_token"] = full.kept_per_token()
+    if getattr(args, "details", False) and args.task != "lm-loss":
+        report["per_example"] = [
+            {"expected": e.answer, "method": m, "full": f, "none": n}
+            for e, m, f, n in zip(examples, method.outputs, full.outputs, none.outputs)  # type: ignore[union-attr]
+        ]
+    elif getattr(args, "details", False):
+        report["per_example"] = [{"method": m, "full": f, "none": n}
+                                 for m, f, n in zip(method.scores, full.scores, none.scores)]
+    report["elapsed_s"] = round(time.perf_counter() - started, 2)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m beacon_rag.bench.quality ...``: the bench without the CLI wiring."""
+    import json
+
+    parser = argparse.ArgumentParser(prog="beacon-rag bench quality", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (1 is faster on a CPU shared with other work)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(json.dumps(run(args), indent=None if args.json else 2))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--compressor", default="beacon", choices=COMPRESSORS)
+    parser.add_argument("--ratio", type=parse_quality_ratio, default=None,
+                        help=f"compression ratio (default {DEFAULT_RATIO}; beacon: 2/4/8/16/32 or adapt; "
+                        "streaming/knorm: any number >= 1)")
+    parser.add_argument("--window", type=int, default=None, help=f"beacon window (default {DEFAULT_WINDOW})")
+    parser.add_argument("--plugin", default=None, help="beacon plug-in folder; default: the plug-in shipped for the model if any; "
+                        "'untrained' forces the untrained copy (the baseline)")
+    parser.add_argument("--sink", type=int, default=None, help=f"streaming sink tokens (default {DEFAULT_SINK})")
+    parser.add_argument("--examples", type=int, default=8)
+    parser.add_argument("--context-tokens", type=int, default=None,
+                        help="context length in tokens (default: " +
+                        ", ".join(f"{k} {v}" for k, v in DEFAULT_CONTEXT_TOKENS.items()) + ")")
+    parser.add_argument("--docs", type=int, default=3, help="documents per rag-qa example")
+    parser.add_argument("--continuation-tokens", type=int, default=64, help="scored tokens per lm-loss example")
+    parser.add_argument("--max-tokens", type=int, default=32, help="new tokens per answer (greedy)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--details", action="store_true", help="include every answer in the report")
+    parser.add_argument("--json", action="store_true")
+
+
+if __name__ == "__main__":
+    main()

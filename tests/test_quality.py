@@ -1,0 +1,239 @@
+"""Training-free eviction baselines (streaming, knorm) and the quality bench, on tiny random models.
+
+Tiny models check mechanics only (which slots are kept, that every task runs end to end and
+reports every field); what the methods are worth in answers is measured on the embedded model
+by the bench itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+import torch
+
+from beacon_rag.bench import quality
+from beacon_rag.compressors import prefill_pre_rope
+from beacon_rag.compressors.knorm import KnormCompressor
+from beacon_rag.compressors.streaming import StreamingCompressor
+from beacon_rag.engine import Engine
+from beacon_rag.kv import KVContext
+from beacon_rag.models import LoadedModel
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models run single-threaded (OpenMP barriers dominate 64x64 matmuls on a busy 2-core box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_models) -> LoadedModel:
+    return tiny_models["llama"]
+
+
+def random_ids(n: int, seed: int = 0) -> list[int]:
+    return torch.randint(10, 5000, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def context_of(lm: LoadedModel, ids: list[int]) -> KVContext:
+    """A non-empty context, so the compressors are checked in chained use, not only at position 0."""
+    context = KVContext(lm)
+    if ids:
+        context.append(StreamingCompressor(1).compress(lm, ids, KVContext(lm)))
+    return context
+
+
+# --------------------------------------------------------------------------- compressors
+@pytest.mark.parametrize("n,ratio,sink", [(37, 8, 4), (37, 3, 4), (64, 4, 0), (3, 8, 4), (10, 2.5, 2), (1, 8, 4)])
+def test_streaming_keeps_sinks_and_recent(lm, n, ratio, sink):
+    ids, prefix = random_ids(n, seed=n), random_ids(5, seed=99)
+    keys, values = prefill_pre_rope(lm, ids, context_of(lm, prefix))
+    kv = StreamingCompressor(ratio, sink=sink).compress(lm, ids, context_of(lm, prefix))
+    kept = math.ceil(n / ratio)
+    head = min(sink, kept)
+    expected = list(range(head)) + list(range(n - (kept - head), n))
+    assert kv.slots == kept and kv.raw_tokens == n
+    assert len(set(expected)) == kept
+    torch.testing.assert_close(kv.keys, keys[:, :, expected], rtol=0, atol=0)
+    torch.testing.assert_close(kv.values, values[:, :, expected], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("n,ratio", [(37, 8), (40, 4), (5, 2), (1, 8), (33, 1.5)])
+def test_knorm_keeps_lowest_key_norm_per_layer_in_order(lm, n, ratio):
+    ids, prefix = random_ids(n, seed=n + 1), random_ids(4, seed=7)
+    keys, values = prefill_pre_rope(lm, ids, context_of(lm, prefix))
+    kv = KnormCompressor(ratio).compress(lm, ids, context_of(lm, prefix))
+    kept = math.ceil(n / ratio)
+    assert kv.slots == kept and kv.raw_tokens == n
+    choices = set()
+    for layer in range(keys.shape[0]):
+        # direct computation: mean over KV heads of each token's key L2 norm, lowest first
+        norms = [float(keys[layer, :, t].norm(dim=-1).mean()) for t in range(n)]
+        chosen = sorted(sorted(range(n), key=lambda t: (norms[t], t))[:kept])
+        choices.add(tuple(chosen))
+        torch.testing.assert_close(kv.keys[layer], keys[layer][:, chosen], rtol=0, atol=0)
+        torch.testing.assert_close(kv.values[layer], values[layer][:, chosen], rtol=0, atol=0)
+        dropped = [t for t in range(n) if t not in chosen]
+        if dropped:
+            assert max(norms[t] for t in chosen) <= min(norms[t] for t in dropped) + 1e-6
+    if n >= 33:  # random layers rank tokens differently: knorm's choice is per layer
+        assert len(choices) == keys.shape[0]
+
+
+@pytest.mark.parametrize("make", [lambda: StreamingCompressor(1), lambda: KnormCompressor(1),
+                                  lambda: StreamingCompressor(1.0, sink=0), lambda: KnormCompressor(1.0)])
+def test_ratio_one_is_exact(lm, make):
+    ids, prefix = random_ids(21, seed=3), random_ids(6, seed=4)
+    keys, values = prefill_pre_rope(lm, ids, context_of(lm, prefix))
+    kv = make().compress(lm, ids, context_of(lm, prefix))
+    torch.testing.assert_close(kv.keys, keys, rtol=0, atol=0)
+    torch.testing.assert_close(kv.values, values, rtol=0, atol=0)
+
+
+def test_ratio_at_least_length_keeps_one_token(lm):
+    ids = random_ids(7, seed=5)
+    assert StreamingCompressor(100).compress(lm, ids, KVContext(lm)).slots == 1
+    assert KnormCompressor(100).compress(lm, ids, KVContext(lm)).slots == 1
+    assert StreamingCompressor(8).compress(lm, [], KVContext(lm)).slots == 0
+    assert KnormCompressor(8).compress(lm, [], KVContext(lm)).slots == 0
+
+
+@pytest.mark.parametrize("bad", [0, 0.5, -2, "adapt", "8", True, float("nan"), float("inf"), None])
+def test_bad_ratios_fail_clearly(bad):
+    for cls in (StreamingCompressor, KnormCompressor):
+        with pytest.raises(ValueError, match="ratio"):
+            cls(bad)
+
+
+def test_bad_sink_and_specs():
+    with pytest.raises(ValueError, match="sink"):
+        StreamingCompressor(4, sink=-1)
+    assert StreamingCompressor(4).spec() == {"name": "streaming", "ratio": 4, "sink": 4}
+    assert StreamingCompressor(2.0, sink=0).spec() == {"name": "streaming", "ratio": 2, "sink": 0}
+    assert KnormCompressor(2.5).spec() == {"name": "knorm", "ratio": 2.5}
+
+
+def test_engine_places_evicted_segments(lm):
+    """Through the engine, each cached segment keeps ceil(n / ratio) slots and the answer decodes."""
+    messages = quality.rag_messages("What is it?", ["alpha beta gamma " * 20, "delta epsilon " * 15])
+    for compressor in (StreamingCompressor(4), KnormCompressor(4)):
+        engine = Engine(lm, compressor=compressor, persist=False)
+        prepared = engine.prepare(messages)
+        assert prepared.context.length == sum(math.ceil(u.raw_tokens / 4) for u in prepared.uses)
+        assert prepared.context.raw_tokens == sum(u.raw_tokens for u in prepared.uses)
+        assert engine.generate(messages, max_new_tokens=3).usage.output_tokens <= 3
+
+
+# --------------------------------------------------------------------------- task generators
+@pytest.mark.parametrize("task", ["passkey", "rag-qa", "multiturn"])
+def test_qa_generators_deterministic_and_answer_present(lm, task):
+    first = quality.make_examples(task, lm, 3, 96, seed=1)
+    again = quality.make_examples(task, lm, 3, 96, seed=1)
+    other = quality.make_examples(task, lm, 3, 96, seed=2)
+    assert first == again
+    assert first != other
+    for example in first:
+        assert example.answer in example.context_text
+        contents = "".join(b.text for m in example.messages for b in m.blocks())
+        assert example.context_text in contents
+        assert quality.answer_correct(f"It is {example.answer}.", example.answer)
+        # the no-context prompt must not leak the answer, and the question itself must not hold it
+        assert example.answer not in "".join(b.text for m in example.none_messages for b in m.blocks())
+        assert example.answer not in "".join(b.text for b in example.messages[-1].blocks()[-1:])
+
+
+def test_passkey_length_close_to_requested(lm):
+    for example in quality.make_passkey_examples(lm, 3, 200, seed=0):
+        assert abs(len(lm.encode(example.context_text)) - 200) <= 20
+
+
+def test_lm_generator_is_contiguous_heldout(lm):
+    examples = quality.make_lm_examples(lm, 3, 50, 16, seed=0)
+    assert examples == quality.make_lm_examples(lm, 3, 50, 16, seed=0)
+    corpus = quality.heldout_ids(lm)
+    for example in examples:
+        assert len(example.context_ids) == 50 and len(example.continuation_ids) == 17
+        joined = example.context_ids + example.continuation_ids
+        assert any(corpus[i : i + len(joined)] == joined for i in range(len(corpus) - len(joined))
+                   if corpus[i] == joined[0])
+
+
+def test_insert_at_depth():
+    text = "One. Two. Three. Four."
+    assert quality.insert_at_depth(text, "X.", 0.0).startswith("X. One.")
+    assert quality.insert_at_depth(text, "X.", 1.0).endswith("Four. X.")
+    assert "Two. X. Three." in quality.insert_at_depth(text, "X.", 0.4)
+    assert quality.insert_at_depth("a\nb", "X.", 0.6) == "a\nX.\nb"
+
+
+def test_scoring_helpers():
+    assert quality.answer_correct("The pass key is 12345.", "12345")
+    assert not quality.answer_correct("The pass key is 123456.", "12345")
+    assert not quality.answer_correct("I do not know.", "12345")
+    assert quality.gap_recovered(3.0, full=2.0, none=4.0) == pytest.approx(0.5)
+    assert quality.gap_recovered(2.0, full=2.0, none=4.0) == pytest.approx(1.0)
+    assert quality.gap_recovered(4.0, full=2.0, none=4.0) == pytest.approx(0.0)
+    assert quality.gap_recovered(5.0, full=2.0, none=2.0) is None
+
+
+def test_build_compressor_refuses_options_that_do_not_apply():
+    assert quality.build_compressor("knorm", 4).spec() == {"name": "knorm", "ratio": 4}
+    assert quality.build_compressor("beacon", 8.0).spec()["ratio"] == 8
+    with pytest.raises(ValueError, match="window"):
+        quality.build_compressor("streaming", 4, window=256)
+    with pytest.raises(ValueError, match="ratio"):
+        quality.build_compressor("exact", 4)
+    with pytest.raises(ValueError, match="integer ratio"):
+        quality.build_compressor("beacon", 2.5)
+    with pytest.raises(ValueError, match="unknown compressor"):
+        quality.build_compressor("snapkv", 4)
+    assert quality.parse_quality_ratio("2.5") == 2.5 and quality.parse_quality_ratio("adapt") == "adapt"
+
+
+# --------------------------------------------------------------------------- the bench end to end
+def bench_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    quality.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+@pytest.mark.parametrize("task,compressor", [
+    ("passkey", "streaming"), ("rag-qa", "knorm"), ("multiturn", "beacon"), ("lm-loss", "knorm"),
+    ("lm-loss", "exact"), ("passkey", "exact"),
+])
+def test_bench_runs_every_task(lm, task, compressor):
+    argv = ["--task", task, "--compressor", compressor, "--examples", "2", "--context-tokens", "64",
+            "--max-tokens", "24", "--continuation-tokens", "16", "--details"]
+    if compressor != "exact":
+        argv += ["--ratio", "4"]
+    report = quality.run(bench_args(*argv), lm=lm)
+    score_key = "loss" if task == "lm-loss" else "accuracy"
+    for key in ("task", "compressor", "ratio", score_key, "full", "none", "n", "kept_slots_per_token",
+                "ratio_to_full"):
+        assert key in report, key
+    assert report["task"] == task and report["compressor"] == compressor and report["n"] == 2
+    assert len(report["per_example"]) == 2
+    if compressor == "exact":
+        assert report[score_key] == report["full"] and report["kept_slots_per_token"] == 1.0
+    else:
+        assert report["ratio"] == 4
+        assert report["kept_slots_per_token"] < 0.5
+    if task == "lm-loss":
+        assert all(math.isfinite(report[k]) for k in ("loss", "full", "none"))
+        expected = quality.gap_recovered(report["loss"], report["full"], report["none"])
+        assert report["gap_recovered"] == pytest.approx(expected)
+        assert report["ratio_to_full"] == pytest.approx(math.exp(report["full"] - report["loss"]))
+    else:
+        assert 0.0 <= report["accuracy"] <= 1.0 and 0.0 <= report["none"] <= 1.0
+
+
+def test_lm_loss_ratio_one_matches_full(lm):
+    report = quality.run(bench_args("--task", "lm-loss", "--compressor", "streaming", "--ratio", "1",
+                                    "--examples", "2", "--context-tokens", "40", "--continuation-tokens", "8"), lm=lm)
+    assert report["loss"] == pytest.approx(report["full"], abs=1e-5)
+    assert report["gap_recovered"] == pytest.approx(1.0, abs=1e-4)
