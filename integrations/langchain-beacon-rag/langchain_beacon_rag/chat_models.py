@@ -1,0 +1,147 @@
+"""``ChatBeaconRAG``: a LangChain chat model over a local model with reusable, compressed KV.
+
+Each retrieved document (a ``text-plain`` block, or a registered text found in a string
+prompt), each ``cache_control``-marked prefix and each complete conversation turn becomes a
+cached segment, so a repeated RAG question or a growing chat only prefills what is new.
+``usage_metadata["input_token_details"]`` reports that reuse as ``cache_read`` /
+``cache_creation``, the place LangChain users already look for provider prompt caching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from beacon_rag import Generation, Message, SamplingParams
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+
+from langchain_beacon_rag._base import BeaconRAGParams, generation_metadata, usage_metadata, warn_if_empty
+from langchain_beacon_rag.messages import to_beacon_messages
+
+
+class ChatBeaconRAG(BeaconRAGParams, BaseChatModel):
+    """Chat model backed by a ``beacon_rag.Engine``.
+
+    Construction is cheap: the engine (and the model, once per process) is created on the first
+    call and shared by every instance with the same configuration.
+
+    Example::
+
+        from langchain_beacon_rag import ChatBeaconRAG, documents_to_message
+        llm = ChatBeaconRAG(max_tokens=64)              # embedded SmolLM2, exact KV reuse
+        answer = llm.invoke([documents_to_message(docs, "Who runs the ferry?")])
+        answer.usage_metadata["input_token_details"]    # {"cache_read": ..., "cache_creation": ...}
+    """
+
+    @property
+    def _llm_type(self) -> str:
+        return "beacon-rag"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model": self.model_name, "compressor": self.compressor, "ratio": self.ratio,
+                "placement": self.placement, "temperature": self.temperature, "max_tokens": self.max_tokens}
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        # Not ``is_lc_serializable``: ``langchain_core.load`` only revives classes listed in its own
+        # mapping (even with allowed_objects="all"), so a dump of this class could not be loaded back.
+        return ["langchain_beacon_rag", "chat_models"]
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="beacon-rag",
+            ls_model_name=kwargs.get("model") or self.model_name,
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+        )
+        if max_tokens := kwargs.get("max_tokens", self.max_tokens):
+            params["ls_max_tokens"] = max_tokens
+        if stops := stop or kwargs.get("stop") or self.stop:
+            params["ls_stop"] = list(stops)
+        return params
+
+    # ------------------------------------------------------------------ sync
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        deltas, stream = self._run(*self._request(messages, stop, kwargs))
+        for _ in deltas:
+            pass
+        return self._result(stream.result, kwargs.get("model"))
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        # The base class fires on_llm_new_token for every chunk we yield (core 1.x); firing it here
+        # too would report each token twice.
+        deltas, stream = self._run(*self._request(messages, stop, kwargs))
+        for delta in deltas:
+            yield ChatGenerationChunk(message=AIMessageChunk(content=delta))
+        yield self._last_chunk(stream.result, kwargs.get("model"))
+
+    # ----------------------------------------------------------------- async
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        result: Generation | None = None
+        async for item in self._run_async(*self._request(messages, stop, kwargs)):
+            if isinstance(item, Generation):
+                result = item
+        assert result is not None
+        return self._result(result, kwargs.get("model"))
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        async for item in self._run_async(*self._request(messages, stop, kwargs)):
+            if isinstance(item, Generation):
+                yield self._last_chunk(item, kwargs.get("model"))
+            else:
+                yield ChatGenerationChunk(message=AIMessageChunk(content=item))
+
+    # --------------------------------------------------------------- helpers
+    def _request(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+                 ) -> tuple[list[Message], SamplingParams, str | None]:
+        """Engine messages (documents and cache markers kept as blocks), sampling, model override."""
+        return to_beacon_messages(messages, self._registry), self._sampling(stop, kwargs), kwargs.get("model")
+
+    def _result(self, generation: Generation, requested_model: str | None = None) -> ChatResult:
+        warn_if_empty(generation)
+        meta = generation_metadata(generation, requested_model)
+        message = AIMessage(content=generation.text, usage_metadata=usage_metadata(generation),  # type: ignore[arg-type]
+                            response_metadata=meta)
+        return ChatResult(generations=[ChatGeneration(message=message, generation_info={
+            "finish_reason": generation.finish_reason})])
+
+    def _last_chunk(self, generation: Generation, requested_model: str | None = None) -> ChatGenerationChunk:
+        """The closing chunk: usage (so input_tokens is counted once), model name, finish reason."""
+        warn_if_empty(generation)
+        return ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                usage_metadata=usage_metadata(generation),  # type: ignore[arg-type]
+                response_metadata=generation_metadata(generation, requested_model),
+                chunk_position="last",
+            ),
+            generation_info={"finish_reason": generation.finish_reason},
+        )

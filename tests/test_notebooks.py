@@ -1,0 +1,27 @@
+"""The example notebooks run top to bottom on the embedded model (executed, not just parsed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[n.stem for n in NOTEBOOKS])
+def test_notebook_executes(notebook, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+         "--ExecutePreprocessor.timeout=900", "--output-dir", str(tmp_path), str(notebook)],
+        capture_output=True, text=True, env={**os.environ, "BEACON_RAG_CACHE_DIR": str(tmp_path / "kv")},
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert (tmp_path / notebook.name).is_file()
