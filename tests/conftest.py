@@ -50,6 +50,20 @@ def tiny_model(family: str, tokenizer, seed: int = 0, max_positions: int = 4096)
     return model_from_objects(model, tokenizer, name=f"tiny-{family}-{seed}")
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """Run a module's tiny-model tests on one thread.
+
+    On a 2-core machine that is busy with other work, OpenMP barriers cost milliseconds per 64x64
+    matmul (measured: tests/test_beacon.py took 84 s with 2 threads and 7 s with 1). Restored
+    afterwards so the embedded-model tests keep both cores.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(embedded) -> dict[str, LoadedModel]:
     return {family: tiny_model(family, embedded.tokenizer) for family in FAMILIES}

@@ -30,16 +30,7 @@ from beacon_rag.models import LoadedModel
 
 ATOL = 2e-4
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run single-threaded: on a 2-core machine that is busy with other work, OpenMP
-    barriers cost milliseconds per 64x64 matmul (measured: this file took 84 s with 2 threads and
-    7 s with 1). Restored afterwards so other test files are unaffected."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def perturbed_plugin(lm: LoadedModel, seed: int = 1, with_o: bool = False, scale: float = 0.05) -> BeaconPlugin:

@@ -21,14 +21,7 @@ from beacon_rag.engine import Engine
 from beacon_rag.kv import KVContext
 from beacon_rag.models import LoadedModel
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run single-threaded (OpenMP barriers dominate 64x64 matmuls on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,7 @@ from beacon_rag.beacon.data import TrainingData, filler_stream, make_task_exampl
 from beacon_rag.beacon.train import TrainConfig, Trainer, lr_factor
 from beacon_rag.kv import KVContext
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run single-threaded (see test_beacon.py for the measured reason)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
