@@ -35,15 +35,17 @@ def cli(*args: str, cache_dir) -> dict:
 def test_embedded_model_loads_fast_the_second_time(embedded):
     assert embedded.family == "llama" and embedded.num_layers == 30
     assert len(embedded.fingerprint) == 64
-    # The converted folder and remembered fingerprint make a later start-up cheap and identical.
+    # A second process reuses the converted folder and the remembered fingerprint: no GGUF
+    # dequantization and no re-hashing of the weights (checked by what it logs, not by timing,
+    # which a busy machine would make flaky).
     done = subprocess.run(
-        [sys.executable, "-c", "from beacon_rag.models import load_model; m = load_model(); "
-         "print(m.fingerprint, round(m.load_seconds, 2))"],
+        [sys.executable, "-c", "import logging; logging.basicConfig(level=logging.DEBUG); "
+         "from beacon_rag.models import load_model; m = load_model(); print(m.fingerprint)"],
         capture_output=True, text=True, check=True,
     )
-    fingerprint, seconds = done.stdout.split()
-    assert fingerprint == embedded.fingerprint
-    assert float(seconds) < 10.0, "start-up repeated the GGUF dequantization"
+    assert done.stdout.split()[-1] == embedded.fingerprint
+    assert "de-quantizing" not in done.stderr and "converting" not in done.stderr
+    assert "hashing weights" not in done.stderr
 
 
 def test_exact_chained_matches_plain_transformers(embedded, sample_docs, tmp_path):

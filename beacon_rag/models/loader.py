@@ -304,6 +304,7 @@ def _weights_fingerprint(folder: Path, model: torch.nn.Module, dtype: torch.dtyp
             return recorded["fingerprint"]
     except (OSError, ValueError):
         pass
+    logger.info("hashing weights of %s for its fingerprint (remembered for later start-ups)", folder)
     fingerprint = weights_digest(model)
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
