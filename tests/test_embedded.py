@@ -72,7 +72,6 @@ def test_cache_hit_across_process_restart(sample_docs, tmp_path):
     assert warm["usage"]["cache_read_tokens"] == cold["usage"]["cache_creation_tokens"]
     assert warm["usage"]["cache_creation_tokens"] == 0
     assert warm["answer"] == cold["answer"]
-    assert warm["ttft_s"] < cold["ttft_s"]
 
 
 def test_ingest_then_ask_reads_every_document(tmp_path):
