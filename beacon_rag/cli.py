@@ -211,12 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
-    from beacon_rag.bench import placement, quality, ttft
+    from beacon_rag.bench import index_bench, placement, quality, ttft
 
     for name, module, summary in [
         ("ttft", ttft, "time to first token: full prefill vs cold vs warm"),
         ("placement", placement, "multi-document QA: independent placement (and repair) vs full prefill"),
         ("quality", quality, "answer quality of a compressor vs full context and no context"),
+        ("index", index_bench, "FAISS document index: embed, add, search, save/load"),
     ]:
         bench_parser = bench_sub.add_parser(name, help=summary)
         module.add_arguments(bench_parser)

