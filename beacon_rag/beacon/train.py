@@ -115,6 +115,10 @@ class TrainConfig:
             raise ValueError(f"context_tokens must be (low, high) with 16 <= low <= high, got {self.context_tokens}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.gradient_checkpointing:
+            # Refused rather than ignored: recomputing a layer would replay cache updates that the
+            # window loop makes between windows, and transformers' checkpointed layers drop the cache.
+            raise ValueError("gradient checkpointing is not supported by the beacon window loop yet")
 
 
 # ---------------------------------------------------------------------------- checkpoint state
@@ -500,7 +504,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="task weights as JSON, e.g. '{\"lm\": 0.5, \"passkey\": 0.5}'")
     parser.add_argument("--distill-weight", type=float, default=d.distill_weight)
     parser.add_argument("--distill-temperature", type=float, default=d.distill_temperature)
-    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="not supported yet (refused)")
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     parser.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
     parser.add_argument("--eval-every", type=int, default=d.eval_every)
