@@ -212,12 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     from beacon_rag.bench import index_bench, placement, quality, ttft
+    from beacon_rag.bench import soak
 
     for name, module, summary in [
         ("ttft", ttft, "time to first token: full prefill vs cold vs warm"),
         ("placement", placement, "multi-document QA: independent placement (and repair) vs full prefill"),
         ("quality", quality, "answer quality of a compressor vs full context and no context"),
         ("index", index_bench, "FAISS document index: embed, add, search, save/load"),
+        ("soak", soak, "RAM and disk tiers under a long random workload: budgets, LRU, integrity"),
     ]:
         bench_parser = bench_sub.add_parser(name, help=summary)
         module.add_arguments(bench_parser)

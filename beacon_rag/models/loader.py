@@ -217,6 +217,21 @@ def _check_family(model_type: str, where: str) -> None:
         )
 
 
+def _check_tokenizer_fits(model: Any, tokenizer: Any, where: str) -> None:
+    """Refuse a tokenizer that emits ids the model has no embedding for.
+
+    Such a pair would index past the embedding table (or, worse, silently use the wrong rows when
+    the table happens to be large enough), so answers would be garbage rather than an error.
+    """
+    rows = int(model.get_input_embeddings().num_embeddings)
+    size = len(tokenizer)
+    if size > rows:
+        raise UnsupportedModelError(
+            f"{where}: the tokenizer has {size} tokens but the model embeds only {rows}: "
+            "tokenizer and weights do not belong to the same model"
+        )
+
+
 def _converted_gguf_folder(gguf: Path) -> Path:
     """Dequantize a GGUF once into ``$BEACON_RAG_HOME/models`` and return that folder.
 
@@ -266,6 +281,7 @@ def _load_folder(folder: Path, *, dtype: torch.dtype, device: str, source: str) 
     _check_family(config.model_type, str(folder))
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
+    _check_tokenizer_fits(model, tokenizer, str(folder))
     model.eval()
     model.requires_grad_(False)
     name = str(getattr(config, "_name_or_path", "") or folder.name)
@@ -332,6 +348,7 @@ def tokenizer_digest(tokenizer: Any) -> str:
 def model_from_objects(model: Any, tokenizer: Any, name: str = "custom") -> LoadedModel:
     """Wrap a model already in memory (tests, notebooks) with its identities."""
     _check_family(model.config.model_type, name)
+    _check_tokenizer_fits(model, tokenizer, name)
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(

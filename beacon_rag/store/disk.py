@@ -15,6 +15,7 @@ the bytes are then verified by :func:`decode_entry`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import os.path as op
@@ -36,6 +37,15 @@ DEFAULT_DISK_BYTES = 10 * 2**30
 # Errors from the storage layer that must degrade to a miss / skipped write
 # rather than crash an inference request.
 _STORAGE_ERRORS: tuple[type[BaseException], ...] = (OSError, sqlite3.Error, diskcache.Timeout)
+
+_NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def _is_out_of_space(exc: BaseException) -> bool:
+    """A full disk, a quota or a file-size limit: the same for us (the write could not happen)."""
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE_ERRNOS:
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
 
 
 def _is_damaged(exc: BaseException) -> bool:
@@ -164,7 +174,7 @@ class DiskTier:
         if not isinstance(max_bytes, int) or isinstance(max_bytes, bool):
             raise TypeError("max_bytes must be an int")
         if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+            raise ValueError(f"disk tier budget (max_bytes) must be >= 0 bytes, got {max_bytes}")
         self.directory = os.fspath(directory)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
@@ -172,6 +182,7 @@ class DiskTier:
         self._misses = 0
         self._corrupt = 0
         self._rebuilds = 0
+        self._out_of_space = 0
         try:
             self._cache = self._open()
         except sqlite3.DatabaseError as exc:
@@ -211,6 +222,15 @@ class DiskTier:
             with contextlib.suppress(Exception):
                 old.close()
             self._cache = self._set_aside_and_reopen(exc)
+        elif _is_out_of_space(exc):
+            # One clear warning, not one per request: a full disk stays full for a while, and the
+            # engine keeps answering from RAM (or by recomputing) in the meantime.
+            with self._lock:
+                self._out_of_space += 1
+                first = self._out_of_space == 1
+            log = logger.warning if first else logger.debug
+            log("disk tier: no space left in %s (%s); %s. Entries stay in RAM only (and are recomputed "
+                "after eviction) until space frees up", self.directory, exc, action)
         else:
             logger.warning("disk tier: %s in %s: %s", action, self.directory, exc)
 
@@ -310,7 +330,7 @@ class DiskTier:
         try:
             return bool(self._cache.add(name, token, expire=ttl, retry=True))
         except _STORAGE_ERRORS as exc:
-            logger.warning("disk tier: lease %s unavailable (%s); proceeding without it", name, exc)
+            self._storage_failed(f"lease {name} unavailable, proceeding without it", exc)
             return True
 
     def release_lease(self, name: str, token: bytes) -> None:
@@ -328,7 +348,7 @@ class DiskTier:
                 if current == token:
                     self._cache.delete(name, retry=True)
         except _STORAGE_ERRORS as exc:
-            logger.warning("disk tier: could not release lease %s: %s", name, exc)
+            self._storage_failed(f"could not release lease {name}", exc)
 
     # -- housekeeping -----------------------------------------------------------------
 
@@ -350,6 +370,7 @@ class DiskTier:
                 "misses": self._misses,
                 "corrupt": self._corrupt,
                 "rebuilds": self._rebuilds,
+                "out_of_space": self._out_of_space,
             }
 
     def close(self) -> None:

@@ -30,7 +30,7 @@ class MemoryTier:
         if not isinstance(max_bytes, int) or isinstance(max_bytes, bool):
             raise TypeError("max_bytes must be an int")
         if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+            raise ValueError(f"memory tier budget (max_bytes) must be >= 0 bytes, got {max_bytes}")
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, Entry] = OrderedDict()  # oldest first
