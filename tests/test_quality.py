@@ -230,3 +230,22 @@ def test_lm_loss_ratio_one_matches_full(lm):
                                     "--examples", "2", "--context-tokens", "40", "--continuation-tokens", "8"), lm=lm)
     assert report["loss"] == pytest.approx(report["full"], abs=1e-5)
     assert report["gap_recovered"] == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("task", ["rag-qa", "lm-loss"])
+def test_matrix_rows_equal_single_method_runs(lm, task):
+    common = ["--task", task, "--examples", "2", "--context-tokens", "64", "--max-tokens", "24",
+              "--continuation-tokens", "16"]
+    matrix = quality.run(bench_args(*common, "--methods", "streaming:4,knorm:2,beacon:4:untrained"), lm=lm)
+    assert [row["method"] for row in matrix["methods"]] == ["streaming:4", "knorm:2", "beacon:4:untrained"]
+    for row, single_argv in zip(matrix["methods"], [["--compressor", "streaming", "--ratio", "4"],
+                                                     ["--compressor", "knorm", "--ratio", "2"],
+                                                     ["--compressor", "beacon", "--ratio", "4",
+                                                      "--plugin", "untrained"]]):
+        single = quality.run(bench_args(*common, *single_argv), lm=lm)
+        metric = "loss" if task == "lm-loss" else "accuracy"
+        assert row["score"] == pytest.approx(single[metric]) and matrix["full"] == pytest.approx(single["full"])
+        assert row["kept_slots_per_token"] == pytest.approx(single["kept_slots_per_token"])
+    assert "| knorm:2 |" in quality.matrix_markdown([matrix])
+    with pytest.raises(ValueError, match="--methods entries"):
+        quality.parse_method("zip:4")

@@ -373,34 +373,38 @@ def _answer(engine: Engine, messages: list[Message], expected: str, tally: _Tall
     tally.outputs.append(result.text)
 
 
-def _run_qa(lm: LoadedModel, compressor: Compressor, examples: list[QAExample],
-            max_new_tokens: int) -> tuple[_Tally, _Tally, _Tally, list[int]]:
-    exact_method = compressor.name == "exact"
-    method_engine = Engine(lm, compressor=compressor, persist=False, memory_bytes=ENGINE_MEMORY_BYTES)
-    full_engine = method_engine if exact_method else Engine(
-        lm, compressor=ExactCompressor(), persist=False, memory_bytes=ENGINE_MEMORY_BYTES)
-    method, full, none = _Tally(), _Tally(), _Tally()
+def _run_qa(lm: LoadedModel, compressors: list[Compressor], examples: list[QAExample],
+            max_new_tokens: int) -> tuple[list[_Tally], _Tally, _Tally, list[int]]:
+    """Every method on every example; ``full`` and ``none`` once per example, shared by all methods."""
+    full_engine = Engine(lm, compressor=ExactCompressor(), persist=False, memory_bytes=ENGINE_MEMORY_BYTES)
+    engines = [full_engine if c.name == "exact" else
+               Engine(lm, compressor=c, persist=False, memory_bytes=ENGINE_MEMORY_BYTES) for c in compressors]
+    methods, full, none = [_Tally() for _ in compressors], _Tally(), _Tally()
     prompt_tokens = []
-    for example in tqdm(examples, desc=f"quality {compressor.name}", unit="example"):
+    names = "+".join(c.name for c in compressors)
+    for example in tqdm(examples, desc=f"quality {names}", unit="example"):
         _answer(full_engine, example.messages, example.answer, full, max_new_tokens)
-        if exact_method:
-            method.scores.append(full.scores[-1])
-            method.slots, method.raw = full.slots, full.raw
-            method.outputs.append(full.outputs[-1])
-        else:
-            _answer(method_engine, example.messages, example.answer, method, max_new_tokens)
+        for engine, tally in zip(engines, methods):
+            if engine is full_engine:  # exact is the full context: do not run it twice
+                tally.scores.append(full.scores[-1])
+                tally.slots, tally.raw = full.slots, full.raw
+                tally.outputs.append(full.outputs[-1])
+            else:
+                _answer(engine, example.messages, example.answer, tally, max_new_tokens)
         _answer(full_engine, example.none_messages, example.answer, none, max_new_tokens)
         prompt_tokens.append(len(full_engine.prompt_token_ids(example.messages)))
-    return method, full, none, prompt_tokens
+    return methods, full, none, prompt_tokens
 
 
-def _run_lm(lm: LoadedModel, compressor: Compressor,
-            examples: list[LMExample]) -> tuple[_Tally, _Tally, _Tally, list[int]]:
+def _run_lm(lm: LoadedModel, compressors: list[Compressor],
+            examples: list[LMExample]) -> tuple[list[_Tally], _Tally, _Tally, list[int]]:
+    """Continuation loss after each method's context; ``full`` and ``none`` once per example."""
     exact = ExactCompressor()
-    method, full, none = _Tally(), _Tally(), _Tally()
-    for example in tqdm(examples, desc=f"lm-loss {compressor.name}", unit="example"):
-        for tally, method_ in ((full, exact), (method, compressor)):
-            if method_ is compressor and compressor.name == "exact":
+    methods, full, none = [_Tally() for _ in compressors], _Tally(), _Tally()
+    names = "+".join(c.name for c in compressors)
+    for example in tqdm(examples, desc=f"lm-loss {names}", unit="example"):
+        for tally, method_ in ((full, exact), *zip(methods, compressors)):
+            if tally is not full and method_.name == "exact":
                 tally.scores.append(full.scores[-1])
                 tally.slots, tally.raw = full.slots, full.raw
                 continue
@@ -411,14 +415,85 @@ def _run_lm(lm: LoadedModel, compressor: Compressor,
             tally.slots += kv.slots
             tally.raw += kv.raw_tokens
         none.scores.append(continuation_loss(lm, None, example.continuation_ids))
-    return method, full, none, [len(e.context_ids) for e in examples]
+    return methods, full, none, [len(e.context_ids) for e in examples]
+
+
+def parse_method(spec: str) -> tuple[str, float | str, str | None]:
+    """``NAME:RATIO[:PLUGIN]`` as given to ``--methods``, e.g. ``beacon:4``, ``beacon:4:untrained``, ``knorm:8``."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in COMPRESSORS or parts[0] == "exact":
+        raise ValueError(f"--methods entries look like beacon:4, beacon:4:untrained, streaming:8 or knorm:8; got {spec!r}")
+    if len(parts) == 3 and parts[0] != "beacon":
+        raise ValueError(f"only beacon takes a plug-in (third field), got {spec!r}")
+    return parts[0], parse_quality_ratio(parts[1]), parts[2] if len(parts) == 3 else None
+
+
+def run_matrix(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[str, Any]:
+    """Several methods on the same examples of one task, with ``full`` and ``none`` measured once.
+
+    This is the side-by-side comparison (trained vs untrained plug-in vs training-free methods at
+    the same kept-slot budget) without paying for the two baselines once per method.
+    """
+    started = time.perf_counter()
+    specs = [parse_method(m) for m in args.methods.split(",") if m.strip()]
+    for name, ratio, plugin in specs:  # bad options fail before the model loads
+        build_compressor(name, ratio, args.window if name == "beacon" else None, plugin)
+    lm = lm if lm is not None else load_model(args.model)
+    compressors = [build_compressor(name, ratio, args.window if name == "beacon" else None, plugin, lm=lm)
+                   for name, ratio, plugin in specs]
+    context_tokens = args.context_tokens or DEFAULT_CONTEXT_TOKENS[args.task]
+    examples = make_examples(args.task, lm, args.examples, context_tokens, args.seed, args.docs,
+                             args.continuation_tokens)
+    if args.task == "lm-loss":
+        tallies, full, none, lengths = _run_lm(lm, compressors, examples)  # type: ignore[arg-type]
+    else:
+        tallies, full, none, lengths = _run_qa(lm, compressors, examples, args.max_tokens)  # type: ignore[arg-type]
+    full_score, none_score = full.mean(), none.mean()
+    rows = []
+    for spec, compressor, tally in zip(args.methods.split(","), compressors, tallies):
+        score = tally.mean()
+        row: dict[str, Any] = {"method": spec.strip(), "compressor_spec": compressor.spec(), "score": score,
+                               "kept_slots_per_token": tally.kept_per_token()}
+        if args.task == "lm-loss":
+            row.update(gap_recovered=gap_recovered(score, full_score, none_score),
+                       ratio_to_full=math.exp(full_score - score))
+        else:
+            row["ratio_to_full"] = (score / full_score) if full_score else None
+        rows.append(row)
+    return {
+        "task": args.task, "metric": "loss" if args.task == "lm-loss" else "accuracy", "model": lm.name,
+        "n": len(examples), "context_tokens": context_tokens, "mean_prompt_tokens": sum(lengths) / len(lengths),
+        "seed": args.seed, "full": full_score, "none": none_score, "methods": rows,
+        "elapsed_s": round(time.perf_counter() - started, 2),
+    }
+
+
+def matrix_markdown(reports: list[dict[str, Any]]) -> str:
+    """One markdown table per task from ``run_matrix`` reports (for READMEs and notes)."""
+    out = []
+    for report in reports:
+        lm_loss = report["task"] == "lm-loss"
+        out.append(f"**{report['task']}** (n={report['n']}, ~{report['mean_prompt_tokens']:.0f} prompt tokens): "
+                   f"full {report['full']:.3f}, none {report['none']:.3f}\n")
+        out.append("| method | kept slots / token | " + ("loss | gap recovered |" if lm_loss else "accuracy | / full |"))
+        out.append("|---|---|---|---|")
+        for row in report["methods"]:
+            kept = row["kept_slots_per_token"]
+            second = row["gap_recovered"] if lm_loss else row["ratio_to_full"]
+            out.append(f"| {row['method']} | {kept:.3f} | {row['score']:.3f} | "
+                       + ("n/a" if second is None else f"{second:.2f}") + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 def run(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[str, Any]:
     """Run one task for one method, with ``full`` and ``none`` measured on the same examples.
 
-    ``lm`` lets tests (and notebooks) pass a loaded model; the CLI loads ``--model``.
+    ``lm`` lets tests (and notebooks) pass a loaded model; the CLI loads ``--model``. With
+    ``--methods`` it runs :func:`run_matrix` instead.
     """
+    if getattr(args, "methods", None):
+        return run_matrix(args, lm)
     started = time.perf_counter()
     if args.max_tokens < 1:
         raise ValueError(f"--max-tokens must be >= 1, got {args.max_tokens}")
@@ -432,9 +507,9 @@ def run(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[str, An
     examples = make_examples(args.task, lm, args.examples, context_tokens, args.seed, args.docs,
                              args.continuation_tokens)
     if args.task == "lm-loss":
-        method, full, none, lengths = _run_lm(lm, compressor, examples)  # type: ignore[arg-type]
+        (method,), full, none, lengths = _run_lm(lm, [compressor], examples)  # type: ignore[arg-type]
     else:
-        method, full, none, lengths = _run_qa(lm, compressor, examples, args.max_tokens)  # type: ignore[arg-type]
+        (method,), full, none, lengths = _run_qa(lm, [compressor], examples, args.max_tokens)  # type: ignore[arg-type]
 
     score, full_score, none_score = method.mean(), full.mean(), none.mean()
     report: dict[str, Any] = {
@@ -502,6 +577,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plugin", default=None, help="beacon plug-in folder; default: the plug-in shipped for the model if any; "
                         "'untrained' forces the untrained copy (the baseline)")
     parser.add_argument("--sink", type=int, default=None, help=f"streaming sink tokens (default {DEFAULT_SINK})")
+    parser.add_argument("--methods", default=None,
+                        help="compare several methods on the same examples, e.g. "
+                        "beacon:4,beacon:4:untrained,streaming:4,knorm:4 (replaces --compressor/--ratio)")
     parser.add_argument("--examples", type=int, default=8)
     parser.add_argument("--context-tokens", type=int, default=None,
                         help="context length in tokens (default: " +
