@@ -5,6 +5,8 @@ Public API:
 * :class:`ChatBeaconRAG` (chat model) and :class:`BeaconRAG` (text completion);
 * :func:`documents_to_message` / :func:`documents_to_messages`: a retriever's Documents as one
   ``text-plain`` block each, so every document is its own cached segment;
+* :class:`BeaconRAGRetriever`: retrieval over beacon-rag's FAISS ``DocumentIndex`` whose
+  Documents carry their content hash and cache keys, so retrieval lands on cached KV;
 * :class:`DocumentRegistrationHandler` and ``model.register_documents`` /
   ``model.document_registrar()``: the fallback for unmodified chains that join documents into
   one string.
@@ -19,11 +21,13 @@ from langchain_beacon_rag.messages import (
     documents_to_messages,
     to_beacon_messages,
 )
+from langchain_beacon_rag.retrievers import BeaconRAGRetriever
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BeaconRAG",
+    "BeaconRAGRetriever",
     "ChatBeaconRAG",
     "DocumentRegistrationHandler",
     "DocumentRegistry",

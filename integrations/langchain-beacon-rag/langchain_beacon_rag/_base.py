@@ -69,23 +69,34 @@ def usage_metadata(generation: Generation) -> dict[str, Any]:
     }
 
 
-def generation_metadata(generation: Generation, requested_model: str | None = None) -> dict[str, Any]:
+def generation_metadata(generation: Generation, requested_model: str | None = None,
+                        indexed: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Per-request details beyond usage: where each cached segment came from, and timings.
 
     ``model_name`` is the loaded model's name, or the model a caller named per call
     (``invoke(..., model=path)``), echoed as hosted providers echo the requested model id.
+    ``indexed`` (segment label -> content hash and recorded cache keys, for documents that came
+    from a ``BeaconRAGRetriever``) adds ``content_hash`` and ``indexed_key`` to those segments:
+    ``indexed_key`` (only where the index recorded keys, after ``precompute``) is True when the
+    KV used is exactly the one the index recorded for that document.
     """
+    segments = []
+    for s in generation.segments:
+        row: dict[str, Any] = {"key": s.key[:16], "kind": s.kind, "label": s.label, "source": s.source,
+                               "raw_tokens": s.raw_tokens, "slots": s.slots}
+        known = (indexed or {}).get(s.label or "") if s.kind == "document" else None
+        if known is not None:
+            row["content_hash"] = known["content_hash"]
+            if known["cache_keys"]:  # only an index that recorded keys (precompute) can be checked
+                row["indexed_key"] = s.key in known["cache_keys"]
+        segments.append(row)
     return {
         "finish_reason": generation.finish_reason,
         "model_name": requested_model or generation.model_name,
         "beacon_rag": {
             "ttft_s": round(generation.ttft_s, 4),
             "total_s": round(generation.total_s, 4),
-            "segments": [
-                {"key": s.key[:16], "kind": s.kind, "label": s.label, "source": s.source,
-                 "raw_tokens": s.raw_tokens, "slots": s.slots}
-                for s in generation.segments
-            ],
+            "segments": segments,
         },
     }
 
@@ -136,6 +147,12 @@ class BeaconRAGParams(BaseModel):
     """Route ``invoke`` through ``_stream`` (callbacks then see every token)."""
 
     _registry: DocumentRegistry = PrivateAttr(default_factory=DocumentRegistry)
+
+    @property
+    def lc_attributes(self) -> dict[str, Any]:
+        """Always serialize ``model``, ``None`` (the embedded model) included: otherwise the dump
+        would omit it and a process that loads it would silently pick up its own $BEACON_RAG_MODEL."""
+        return {"model": self.model}
 
     # ------------------------------------------------------------------ engine
     @property

@@ -19,7 +19,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
 from langchain_beacon_rag._base import BeaconRAGParams, generation_metadata, usage_metadata, warn_if_empty
-from langchain_beacon_rag.messages import to_beacon_messages
+from langchain_beacon_rag.messages import indexed_documents, to_beacon_messages
 
 
 class ChatBeaconRAG(BeaconRAGParams, BaseChatModel):
@@ -46,9 +46,13 @@ class ChatBeaconRAG(BeaconRAGParams, BaseChatModel):
                 "placement": self.placement, "temperature": self.temperature, "max_tokens": self.max_tokens}
 
     @classmethod
+    def is_lc_serializable(cls) -> bool:
+        # Every field is plain settings (paths, numbers, strings); the engine and the KV live
+        # outside the object, so ``dumpd``/``load`` round-trips a model exactly.
+        return True
+
+    @classmethod
     def get_lc_namespace(cls) -> list[str]:
-        # Not ``is_lc_serializable``: ``langchain_core.load`` only revives classes listed in its own
-        # mapping (even with allowed_objects="all"), so a dump of this class could not be loaded back.
         return ["langchain_beacon_rag", "chat_models"]
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -72,10 +76,11 @@ class ChatBeaconRAG(BeaconRAGParams, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        deltas, stream = self._run(*self._request(messages, stop, kwargs))
+        request, params, model, indexed = self._request(messages, stop, kwargs)
+        deltas, stream = self._run(request, params, model)
         for _ in deltas:
             pass
-        return self._result(stream.result, kwargs.get("model"))
+        return self._result(stream.result, model, indexed)
 
     def _stream(
         self,
@@ -86,10 +91,11 @@ class ChatBeaconRAG(BeaconRAGParams, BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         # The base class fires on_llm_new_token for every chunk we yield (core 1.x); firing it here
         # too would report each token twice.
-        deltas, stream = self._run(*self._request(messages, stop, kwargs))
+        request, params, model, indexed = self._request(messages, stop, kwargs)
+        deltas, stream = self._run(request, params, model)
         for delta in deltas:
             yield ChatGenerationChunk(message=AIMessageChunk(content=delta))
-        yield self._last_chunk(stream.result, kwargs.get("model"))
+        yield self._last_chunk(stream.result, model, indexed)
 
     # ----------------------------------------------------------------- async
     async def _agenerate(
@@ -100,11 +106,12 @@ class ChatBeaconRAG(BeaconRAGParams, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         result: Generation | None = None
-        async for item in self._run_async(*self._request(messages, stop, kwargs)):
+        request, params, model, indexed = self._request(messages, stop, kwargs)
+        async for item in self._run_async(request, params, model):
             if isinstance(item, Generation):
                 result = item
         assert result is not None
-        return self._result(result, kwargs.get("model"))
+        return self._result(result, model, indexed)
 
     async def _astream(
         self,
@@ -113,34 +120,39 @@ class ChatBeaconRAG(BeaconRAGParams, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        async for item in self._run_async(*self._request(messages, stop, kwargs)):
+        request, params, model, indexed = self._request(messages, stop, kwargs)
+        async for item in self._run_async(request, params, model):
             if isinstance(item, Generation):
-                yield self._last_chunk(item, kwargs.get("model"))
+                yield self._last_chunk(item, model, indexed)
             else:
                 yield ChatGenerationChunk(message=AIMessageChunk(content=item))
 
     # --------------------------------------------------------------- helpers
     def _request(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-                 ) -> tuple[list[Message], SamplingParams, str | None]:
-        """Engine messages (documents and cache markers kept as blocks), sampling, model override."""
-        return to_beacon_messages(messages, self._registry), self._sampling(stop, kwargs), kwargs.get("model")
+                 ) -> tuple[list[Message], SamplingParams, str | None, dict[str, dict[str, Any]]]:
+        """Engine messages (documents and cache markers kept as blocks), sampling, model override,
+        and the index's content hash / cache keys of each retrieved document (for the response)."""
+        return (to_beacon_messages(messages, self._registry), self._sampling(stop, kwargs), kwargs.get("model"),
+                indexed_documents(messages))
 
-    def _result(self, generation: Generation, requested_model: str | None = None) -> ChatResult:
+    def _result(self, generation: Generation, requested_model: str | None = None,
+                indexed: dict[str, dict[str, Any]] | None = None) -> ChatResult:
         warn_if_empty(generation)
-        meta = generation_metadata(generation, requested_model)
+        meta = generation_metadata(generation, requested_model, indexed)
         message = AIMessage(content=generation.text, usage_metadata=usage_metadata(generation),  # type: ignore[arg-type]
                             response_metadata=meta)
         return ChatResult(generations=[ChatGeneration(message=message, generation_info={
             "finish_reason": generation.finish_reason})])
 
-    def _last_chunk(self, generation: Generation, requested_model: str | None = None) -> ChatGenerationChunk:
+    def _last_chunk(self, generation: Generation, requested_model: str | None = None,
+                    indexed: dict[str, dict[str, Any]] | None = None) -> ChatGenerationChunk:
         """The closing chunk: usage (so input_tokens is counted once), model name, finish reason."""
         warn_if_empty(generation)
         return ChatGenerationChunk(
             message=AIMessageChunk(
                 content="",
                 usage_metadata=usage_metadata(generation),  # type: ignore[arg-type]
-                response_metadata=generation_metadata(generation, requested_model),
+                response_metadata=generation_metadata(generation, requested_model, indexed),
                 chunk_position="last",
             ),
             generation_info={"finish_reason": generation.finish_reason},

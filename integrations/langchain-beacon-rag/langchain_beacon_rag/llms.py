@@ -32,6 +32,14 @@ class BeaconRAG(BeaconRAGParams, LLM):
     def _identifying_params(self) -> dict[str, Any]:
         return {"model": self.model_name, "compressor": self.compressor, "placement": self.placement}
 
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return True  # settings only; see ChatBeaconRAG.is_lc_serializable
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        return ["langchain_beacon_rag", "llms"]
+
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = super()._get_ls_params(stop=stop, **kwargs)
         params["ls_provider"] = "beacon-rag"

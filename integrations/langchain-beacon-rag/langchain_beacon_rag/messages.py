@@ -13,6 +13,7 @@ string prompt, so the same documents are still cached one by one.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -65,6 +66,47 @@ def document_text(text: str, title: str | None) -> str:
     return f"{header}{text.strip()}\n\n"
 
 
+def block_label(part: dict[str, Any], position: int) -> str:
+    """The segment label of a ``text-plain`` block: its id, else its title, else its position."""
+    return str(part.get("id") or part.get("title") or f"block{position}")
+
+
+def indexed_documents(messages: Sequence[BaseMessage]) -> dict[str, dict[str, Any]]:
+    """Segment label -> ``{"content_hash", "cache_keys"}`` of every document block that came from
+    an index (``BeaconRAGRetriever``), so a response can say whether each document's KV is the
+    one the index recorded for it.
+
+    A block whose text no longer matches its content hash (edited after retrieval) is left out
+    with a warning: its KV is still cached by its actual text, but the index's keys do not apply.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    for message in messages:
+        if isinstance(message.content, str):
+            continue
+        for position, part in enumerate(message.content):
+            if not isinstance(part, dict) or part.get("type") != "text-plain":
+                continue
+            extras = part.get("extras") or {}
+            expected = extras.get("content_hash") if isinstance(extras, dict) else None
+            if not expected or part.get("text") is None:
+                continue
+            # Imported here: only documents from a DocumentIndex get this far, and by then the
+            # retriever has loaded the module; a plain chat call never pays for importing FAISS.
+            from beacon_rag.index import content_hash
+
+            label = block_label(part, position)
+            if content_hash(part["text"]) != expected:
+                warnings.warn(
+                    f"document {label!r}: its text does not match the content_hash in its metadata "
+                    "(edited after retrieval?); it is cached by its actual text, not under the index's keys",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                continue
+            found[label] = {"content_hash": expected, "cache_keys": list(extras.get("cache_keys") or [])}
+    return found
+
+
 def _cache_marked(block: dict[str, Any]) -> bool:
     extras = block.get("extras") or {}
     return bool(block.get("cache_control") or (isinstance(extras, dict) and extras.get("cache_control")))
@@ -88,8 +130,7 @@ def content_blocks(content: str | list[Any], registry: DocumentRegistry | None =
                 if text is None:
                     raise ValueError("a text-plain block needs inline 'text' (url/base64/file_id are not fetched)")
                 title = part.get("title")
-                raw.append(Block(document_text(text, title), document=True,
-                                 id=part.get("id") or title or f"block{position}"))
+                raw.append(Block(document_text(text, title), document=True, id=block_label(part, position)))
             elif kind == "text" or (kind is None and "text" in part):
                 raw.append(Block(str(part.get("text", "")), cache=_cache_marked(part), id=part.get("id")))
             elif kind in _SKIPPED_BLOCK_TYPES:
@@ -222,9 +263,13 @@ def documents_to_message(
         content.append({"type": "text", "text": preamble, "cache_control": {"type": "ephemeral"}})
     for index, doc in enumerate(documents):
         if isinstance(doc, Document):
-            title = doc.metadata.get("title") or doc.metadata.get("source")
-            content.append(create_plaintext_block(text=doc.page_content, title=str(title) if title else None,
-                                                  id=doc.id or f"doc{index}"))
+            meta = doc.metadata
+            # A retriever over a DocumentIndex names the exact title its cache keys were computed
+            # with (possibly none); guessing one from "source" would change the tokens and miss.
+            title = meta["cache_title"] if "cache_title" in meta else (meta.get("title") or meta.get("source"))
+            content.append(create_plaintext_block(
+                text=doc.page_content, title=str(title) if title else None, id=doc.id or f"doc{index}",
+                content_hash=meta.get("content_hash"), cache_keys=meta.get("cache_keys") or None))
         else:
             content.append(create_plaintext_block(text=str(doc), id=f"doc{index}"))
     if question is not None:

@@ -6,6 +6,7 @@ configuration, so a fresh folder means a fresh engine with an empty RAM tier and
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -120,33 +121,33 @@ def test_unmodified_string_chain_still_caches_each_document(tmp_path: Any, how: 
     assert usage(warm)["read"] >= sum(s["raw_tokens"] for s in documents)
 
 
-def _prefill(message: BaseMessage) -> int:
-    u = usage(message)
-    return u["input"] - u["read"]
-
-
 TURNS = ["Hi, my name is Sam.", "I live by the harbour.", "I like boats.", "What is my name?"]
 
 
-def _assert_flat(prefills: list[int], inputs: list[int]) -> None:
-    # The history grows every turn; what is prefilled is only the newest exchange (the previous
-    # answer and the new question, each capped in length), so it does not grow with it.
+def assert_history_reused(turns: list[dict[str, int]]) -> None:
+    """Per-turn usage of a growing conversation: the history grows every turn, but what is
+    prefilled is only the newest exchange (the previous answer and the new question, each capped
+    in length), so it does not grow with it; and nothing cached by one turn is computed again
+    by the next (its reads are exactly everything the previous turn read or created)."""
+    inputs = [t["input"] for t in turns]
+    prefills = [t["input"] - t["read"] for t in turns]
     assert inputs == sorted(inputs) and inputs[-1] > inputs[1] + 30, inputs
     assert max(prefills[1:]) <= min(prefills[1:]) + 24, prefills
     assert prefills[-1] < inputs[-1] / 2, (prefills, inputs)
+    for before, now in itertools.pairwise(turns):
+        assert now["read"] == before["read"] + before["created"], turns
 
 
 def test_chat_loop_prefill_stays_flat_as_history_grows(tmp_path: Any) -> None:
     llm = ChatBeaconRAG(max_tokens=12, cache_dir=str(tmp_path))
     history: list[BaseMessage] = [SystemMessage("You are a friendly harbour guide. Answer briefly.")]
-    prefills, inputs = [], []
+    turns = []
     for turn in TURNS:
         history.append(HumanMessage(turn))
         answer = llm.invoke(history)
         history.append(answer)
-        prefills.append(_prefill(answer))
-        inputs.append(usage(answer)["input"])
-    _assert_flat(prefills, inputs)
+        turns.append(usage(answer))
+    assert_history_reused(turns)
 
 
 @pytest.mark.filterwarnings("ignore::langchain_core._api.deprecation.LangChainDeprecationWarning")
@@ -163,12 +164,11 @@ def test_runnable_with_message_history_reuses_the_prefix(tmp_path: Any) -> None:
     store: dict[str, InMemoryChatMessageHistory] = {}
     chat = RunnableWithMessageHistory(prompt | llm, lambda sid: store.setdefault(sid, InMemoryChatMessageHistory()),
                                       input_messages_key="input", history_messages_key="history")
-    prefills, inputs = [], []
+    turns = []
     for turn in TURNS:
         answer = chat.invoke({"input": turn}, config={"configurable": {"session_id": "s"}})
-        prefills.append(_prefill(answer))
-        inputs.append(usage(answer)["input"])
-    _assert_flat(prefills, inputs)
+        turns.append(usage(answer))
+    assert_history_reused(turns)
 
 
 def test_langgraph_checkpointed_chat_reuses_the_prefix(tmp_path: Any) -> None:
@@ -185,13 +185,31 @@ def test_langgraph_checkpointed_chat_reuses_the_prefix(tmp_path: Any) -> None:
     builder.add_node("model", call_model)
     builder.add_edge(START, "model")
     graph = builder.compile(checkpointer=InMemorySaver())
-    prefills, inputs = [], []
+    turns = []
     for turn in TURNS:
         state = graph.invoke({"messages": [HumanMessage(turn)]}, config={"configurable": {"thread_id": "t"}})
         answer = state["messages"][-1]
-        prefills.append(_prefill(answer))
-        inputs.append(usage(answer)["input"])
-    _assert_flat(prefills, inputs)
+        turns.append(usage(answer))
+    assert_history_reused(turns)
+
+
+@pytest.mark.filterwarnings("ignore:create_react_agent has been moved")
+def test_langgraph_prebuilt_agent_with_memory_reuses_the_prefix(tmp_path: Any) -> None:
+    """LangGraph's prebuilt agent (``create_react_agent``) with a checkpointer. Run without tools:
+    SmolLM2-135M has no tool calling, so the graph is agent -> end; what this shows is that the
+    agent's own message handling (prompt + checkpointed thread) keeps the prefix cacheable."""
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.prebuilt import create_react_agent
+
+    llm = ChatBeaconRAG(max_tokens=12, cache_dir=str(tmp_path))
+    agent = create_react_agent(llm, tools=[], prompt="You are a friendly harbour guide. Answer briefly.",
+                               checkpointer=InMemorySaver())
+    turns = []
+    for turn in TURNS:
+        state = agent.invoke({"messages": [HumanMessage(turn)]}, config={"configurable": {"thread_id": "t"}})
+        turns.append(usage(state["messages"][-1]))
+    assert len(state["messages"]) == 2 * len(TURNS)  # the checkpointer kept the thread
+    assert_history_reused(turns)
 
 
 class TokenCounter(BaseCallbackHandler):

@@ -100,3 +100,34 @@ def test_construction_is_cheap_and_loads_nothing() -> None:
     before = dict(_base._ENGINES)
     ChatBeaconRAG(compressor="beacon", ratio=4, placement="independent", cache_dir="/nonexistent")
     assert _base._ENGINES == before
+
+
+def test_indexed_documents_keep_their_cache_title_hash_and_keys() -> None:
+    """Documents from BeaconRAGRetriever carry the title their KV was computed with (possibly
+    none, even when a "source" exists) plus their content hash and cache keys."""
+    import warnings
+
+    from beacon_rag.index import content_hash
+
+    from langchain_beacon_rag.messages import indexed_documents
+
+    untitled = Document(LONG_A, id="a", metadata={"source": "keeper.md", "cache_title": None,
+                                                  "content_hash": content_hash(LONG_A), "cache_keys": ["k1"]})
+    titled = Document(LONG_B, id="b", metadata={"cache_title": "Market", "content_hash": content_hash(LONG_B),
+                                                "cache_keys": []})
+    plain = Document(LONG_B, id="c", metadata={"source": "market.md"})
+    message = documents_to_message([untitled, titled, plain], "When?")
+    blocks = list(to_beacon_messages([message])[0].content)
+    assert blocks[1] == Block(f"{LONG_A}\n\n", document=True, id="a")  # no "[keeper.md]" header
+    assert blocks[2] == Block(f"[Market]\n{LONG_B}\n\n", document=True, id="b")
+    assert blocks[3] == Block(f"[market.md]\n{LONG_B}\n\n", document=True, id="c")
+    assert message.content[1]["extras"] == {"content_hash": content_hash(LONG_A), "cache_keys": ["k1"]}
+    assert indexed_documents([message]) == {
+        "a": {"content_hash": content_hash(LONG_A), "cache_keys": ["k1"]},
+        "b": {"content_hash": content_hash(LONG_B), "cache_keys": []},
+    }
+    edited = Document(LONG_A + " Edited.", id="a", metadata=untitled.metadata)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert indexed_documents([documents_to_message([edited])]) == {}
+    assert any("'a'" in str(w.message) and "content_hash" in str(w.message) for w in caught)
