@@ -42,12 +42,16 @@ from beacon_rag.segments import (
     chain,
     segment_key,
 )
-from beacon_rag.store import DiskTier, Entry, MemoryTier, TieredStore
+from beacon_rag.store import DiskTier, Entry, MemoryTier, TieredStore, redis_tier_from_settings
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_BYTES = 1 << 30
 DEFAULT_DISK_BYTES = 10 << 30
+
+
+_SHARED: dict[tuple[Any, ...], Engine] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 class ContextTooLongError(ValueError):
@@ -130,7 +134,21 @@ class Engine:
         disk_bytes: int = DEFAULT_DISK_BYTES,
         kv_dtype: torch.dtype | None = None,
         namespace: str = "",
+        redis_url: str | None = None,
+        redis_namespace: str | None = None,
+        redis_ttl: float | None = None,
     ) -> None:
+        """Load the model and open the store (RAM, then disk, then an optional shared Redis).
+
+        ``redis_url`` (default ``$BEACON_RAG_REDIS_URL``; ``""`` disables it) adds a Redis tier
+        shared by every worker on the same server and namespace: hits are copied into RAM and
+        disk, computed entries are written to it, and a Redis lease makes workers on different
+        machines compress each segment once. ``redis_namespace`` (default
+        ``$BEACON_RAG_REDIS_NAMESPACE`` or ``"beacon-rag"``) is the key prefix of a deployment;
+        ``redis_ttl`` (seconds, default ``$BEACON_RAG_REDIS_TTL`` or none) expires entries nobody
+        reads. The server may be down at start or at any time: requests are then served from the
+        local tiers, with one warning per outage.
+        """
         if placement not in PLACEMENTS:
             raise ValueError(f"unknown placement {placement!r}; use one of {', '.join(PLACEMENTS)}")
         if repair_tokens < 0:
@@ -159,9 +177,54 @@ class Engine:
         self.store = TieredStore(
             MemoryTier(memory_bytes),
             DiskTier(self.cache_dir, max_bytes=disk_bytes) if persist else None,
+            remote=redis_tier_from_settings(redis_url, namespace=redis_namespace, ttl=redis_ttl),
         )
         self.compressions = 0
         self._count_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, model: str | os.PathLike[str] | None = None, **options: Any) -> Engine:
+        """One engine per configuration per process.
+
+        Framework adapters are instantiated many times (per chain, per pydantic copy, per test);
+        each must not reload a model or open another store over the same cache directory, so
+        they ask for the shared engine of their configuration instead. The cache directory is
+        resolved (and the environment read) now, so a changed ``BEACON_RAG_CACHE_DIR`` or
+        ``BEACON_RAG_REDIS_URL`` gives a new engine rather than an old one.
+        """
+        resolved = dict(options)
+        resolved["cache_dir"] = str(Path(resolved.get("cache_dir") or default_cache_dir()).expanduser().resolve())
+        if resolved.get("redis_url") is None:
+            resolved["redis_url_env"] = os.environ.get("BEACON_RAG_REDIS_URL")
+        # A loaded model is its own identity (the object); a path or None is looked up by name.
+        if isinstance(model, LoadedModel):
+            which: tuple[str, Any] = ("object", id(model))
+        else:
+            which = ("path", None if model is None else str(model))
+        identity = (which,
+                    tuple(sorted((name, repr(value)) for name, value in resolved.items())))
+        with _SHARED_LOCK:
+            engine = _SHARED.get(identity)
+            if engine is None:
+                resolved.pop("redis_url_env", None)
+                engine = cls(model, **resolved)
+                _SHARED[identity] = engine
+            return engine
+
+    @staticmethod
+    def shared_engines() -> list[Engine]:
+        """The engines :meth:`shared` has built in this process (a snapshot, oldest first)."""
+        with _SHARED_LOCK:
+            return list(_SHARED.values())
+
+    @staticmethod
+    def release_shared(engine: Engine) -> None:
+        """Forget a shared engine and close it, so its RAM tier can be freed (tests, notebooks)."""
+        with _SHARED_LOCK:
+            for identity, candidate in list(_SHARED.items()):
+                if candidate is engine:
+                    del _SHARED[identity]
+        engine.close()
 
     # ----------------------------------------------------------------- requests
     def stream(
@@ -249,8 +312,8 @@ class Engine:
         }
 
     def close(self) -> None:
-        if self.store.disk is not None:
-            self.store.disk.close()
+        """Finish background copies to disk and close the disk and Redis connections."""
+        self.store.close()
 
     def prepare(self, messages: Sequence[MessageLike] | str) -> Prepared:
         """Find or compress every segment of ``messages`` and lay them out; nothing is generated."""
@@ -301,9 +364,7 @@ class Engine:
         except (KeyError, ValueError, TypeError) as err:
             # A structurally valid entry whose tensors disagree with their description: never use it.
             logger.warning("cache entry %s is inconsistent (%s); recomputing", key[:12], err)
-            for tier in (self.store.memory, self.store.disk):
-                if tier is not None:
-                    tier.delete(key)
+            self.store.delete(key)
             entry, source = self.store.get_or_compute(key, compute, expect={"identity": identity})
             return CompressedKV.from_tensors(entry.tensors, entry.meta["kv"]), source
 

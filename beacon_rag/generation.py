@@ -64,7 +64,7 @@ class SegmentUse:
     key: str
     kind: str
     label: str | None
-    source: str  # "memory" | "disk" | "computed"
+    source: str  # "memory" | "disk" | "redis" | "computed"
     raw_tokens: int
     slots: int
     nbytes: int = 0

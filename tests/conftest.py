@@ -14,6 +14,12 @@ from beacon_rag.models import LoadedModel, load_model, model_from_objects
 FAMILIES = ("llama", "qwen2", "mistral")
 
 
+@pytest.fixture(autouse=True)
+def no_shared_redis(monkeypatch):
+    """A developer's BEACON_RAG_REDIS_URL must not reach tests (they start their own servers)."""
+    monkeypatch.delenv("BEACON_RAG_REDIS_URL", raising=False)
+
+
 @pytest.fixture(scope="session")
 def embedded() -> LoadedModel:
     return load_model()

@@ -172,3 +172,15 @@ def test_cache_control_blocks_become_segments(tiny_models, tmp_path):
     result = engine.generate(messages, max_new_tokens=3)
     assert result.segments and result.segments[0].kind == "context"
     assert engine.generate(messages, max_new_tokens=3).usage.cache_read_tokens == result.usage.cache_creation_tokens
+
+
+def test_shared_engine_is_one_per_configuration(tiny_models, tmp_path, monkeypatch):
+    lm = tiny_models["llama"]
+    a = Engine.shared(lm, cache_dir=tmp_path / "a")
+    assert Engine.shared(lm, cache_dir=tmp_path / "a") is a
+    assert Engine.shared(lm, cache_dir=str(tmp_path / "a")) is a  # same directory however spelled
+    assert Engine.shared(lm, cache_dir=tmp_path / "b") is not a
+    assert Engine.shared(lm, cache_dir=tmp_path / "a", placement="independent") is not a
+    monkeypatch.setenv("BEACON_RAG_CACHE_DIR", str(tmp_path / "env"))
+    from_env = Engine.shared(lm)
+    assert from_env.cache_dir == tmp_path / "env" and Engine.shared(lm) is from_env

@@ -1,8 +1,10 @@
 """Content-addressed KV cache store: bytes and JSON metadata, never models.
 
 Tiers: :class:`MemoryTier` (RAM, LRU by bytes) above :class:`DiskTier`
-(diskcache), combined by :class:`TieredStore`. The payload format lives in
-:mod:`.codec` so that further tiers (e.g. Redis) reuse it unchanged.
+(diskcache) above an optional shared :class:`RedisTier`, combined by
+:class:`TieredStore`. The payload format lives in :mod:`.codec`, so every
+tier stores and validates the same bytes. The ``redis`` client is imported
+only when a :class:`RedisTier` is created.
 """
 
 from .codec import (
@@ -15,6 +17,7 @@ from .codec import (
 )
 from .disk import DiskTier, RefusedRow, SafeDisk
 from .memory import MemoryTier
+from .redis_tier import RedisTier, redis_tier_from_settings
 from .tiered import LEASE_PREFIX, TieredStore
 
 __all__ = [
@@ -25,9 +28,11 @@ __all__ = [
     "DiskTier",
     "Entry",
     "MemoryTier",
+    "RedisTier",
     "RefusedRow",
     "SafeDisk",
     "TieredStore",
     "decode_entry",
     "encode_entry",
+    "redis_tier_from_settings",
 ]
