@@ -24,9 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from langchain_beacon_rag.messages import DocumentRegistry
 
-_ENGINES: dict[tuple[Any, ...], Engine] = {}
-_ENGINES_LOCK = threading.Lock()
-
 
 def shared_engine(
     model: str | None,
@@ -43,16 +40,8 @@ def shared_engine(
         if compressor == "exact":
             raise ValueError("ratio applies to compressing methods (compressor='beacon'), not 'exact'")
         options["ratio"] = ratio
-    where = str(Path(cache_dir).expanduser().resolve()) if cache_dir is not None else None
-    key = (model, compressor, tuple(sorted(options.items())), placement, where,
-           os.environ.get("BEACON_RAG_CACHE_DIR") if where is None else None, persist)
-    with _ENGINES_LOCK:
-        engine = _ENGINES.get(key)
-        if engine is None:
-            engine = Engine(model, compressor=compressor, compressor_options=options, placement=placement,
-                            cache_dir=where, persist=persist)
-            _ENGINES[key] = engine
-        return engine
+    return Engine.shared(model, compressor=compressor, compressor_options=options, placement=placement,
+                         cache_dir=cache_dir, persist=persist)
 
 
 def usage_metadata(generation: Generation) -> dict[str, Any]:

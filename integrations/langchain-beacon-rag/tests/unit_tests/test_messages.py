@@ -95,11 +95,13 @@ def test_documents_to_message_layout() -> None:
 
 
 def test_construction_is_cheap_and_loads_nothing() -> None:
-    from langchain_beacon_rag import ChatBeaconRAG, _base
+    from beacon_rag import Engine
 
-    before = dict(_base._ENGINES)
+    from langchain_beacon_rag import ChatBeaconRAG
+
+    before = Engine.shared_engines()
     ChatBeaconRAG(compressor="beacon", ratio=4, placement="independent", cache_dir="/nonexistent")
-    assert _base._ENGINES == before
+    assert Engine.shared_engines() == before
 
 
 def test_indexed_documents_keep_their_cache_title_hash_and_keys() -> None:
