@@ -62,7 +62,7 @@ def soak(directory: Path, *, seconds: float, keys: int, memory_bytes: int, disk_
         bar.update(round(elapsed) - bar.n)
         name = rng.choices(names, weights)[0]
         expected = entry_for(name, min_entry_bytes, max_entry_bytes)
-        got, source = store.get_or_compute(name, lambda: expected)
+        got, source = store.get_or_compute(name, lambda expected=expected: expected)
         sources[source] += 1
         steps += 1
         if got.meta.get("key") != name or not torch.equal(got.tensors["kv"], expected.tensors["kv"]):
