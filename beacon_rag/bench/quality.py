@@ -333,7 +333,9 @@ def build_compressor(
                 raise ValueError(f"beacon needs an integer ratio (2, 4, 8, 16, 32) or 'adapt', got {ratio}")
             ratio = int(ratio)
         if plugin == "untrained":  # the baseline every trained plug-in must beat
-            return BeaconCompressor(ratio=ratio, window=window or DEFAULT_WINDOW)
+            # Same window as the shipped plug-in it is compared with: only the weights differ.
+            shipped = default_beacon_options(lm, {"ratio": ratio}) if lm is not None else {}
+            return BeaconCompressor(ratio=ratio, window=window or shipped.get("window", DEFAULT_WINDOW))
         options: dict[str, object] = {"ratio": ratio}
         if window is not None:
             options["window"] = window
