@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -32,6 +33,8 @@ def _engine_options(parser: argparse.ArgumentParser, placement: str = "chained")
                         help="re-encode this many first tokens of each later document (independent placement)")
     parser.add_argument("--cache-dir", default=None, help="disk tier folder (default: $BEACON_RAG_CACHE_DIR or "
                         "~/.cache/beacon-rag/kv)")
+    parser.add_argument("--redis-url", default=None,
+                        help="shared Redis tier below RAM and disk (default: $BEACON_RAG_REDIS_URL; '' disables)")
 
 
 def build_engine(args: argparse.Namespace, **overrides: Any) -> Any:
@@ -39,7 +42,8 @@ def build_engine(args: argparse.Namespace, **overrides: Any) -> Any:
 
     options = compressor_options(args.ratio, args.window)
     kwargs: dict[str, Any] = dict(compressor=args.compressor, compressor_options=options, placement=args.placement,
-                                  repair_tokens=args.repair_tokens, cache_dir=args.cache_dir)
+                                  repair_tokens=args.repair_tokens, cache_dir=args.cache_dir,
+                                  redis_url=getattr(args, "redis_url", None))
     kwargs.update(overrides)
     try:
         return Engine(args.model, **kwargs)
@@ -95,7 +99,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         raise SystemExit("error: ingest precomputes documents one by one, which only independent placement can reuse")
     documents = _read(args.paths)
     engine = build_engine(args)
-    counts = {"computed": 0, "memory": 0, "disk": 0}
+    counts = {"computed": 0, "memory": 0, "disk": 0, "redis": 0}
     tokens = 0
     failures = 0
     for document in tqdm(documents, desc="ingest", unit="doc"):
@@ -110,7 +114,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 counts[use.source] += 1
                 tokens += use.raw_tokens
     print(json.dumps({"documents": len(documents), "failed": failures, "tokens": tokens,
-                      "compressed": counts["computed"], "already_cached": counts["memory"] + counts["disk"],
+                      "compressed": counts["computed"], "already_cached": counts["memory"] + counts["disk"] + counts["redis"],
                       "cache_dir": str(engine.cache_dir)}))
     return 1 if failures else 0
 
@@ -170,6 +174,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench != "redis" and os.environ.pop("BEACON_RAG_REDIS_URL", None):
+        # The benches measure this machine's tiers; a deployment's shared Redis would turn their
+        # cold runs into remote hits. `bench redis` starts a server of its own.
+        logger.warning("ignoring BEACON_RAG_REDIS_URL for bench %s: it measures the local tiers", args.bench)
     result = args.bench_module.run(args)
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
@@ -211,14 +219,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
-    from beacon_rag.bench import index_bench, placement, quality, ttft
-    from beacon_rag.bench import soak
+    from beacon_rag.bench import (
+        index_bench,
+        memory_bench,
+        peers,
+        placement,
+        quality,
+        redis_bench,
+        report,
+        scaling,
+        soak,
+        throughput,
+        ttft,
+    )
 
     for name, module, summary in [
+        ("peers", peers, "quality at matched kept-slot budgets: beacon vs kvpress presses vs LLMLingua"),
+        ("redis", redis_bench, "shared Redis tier: time to first token from Redis vs local disk vs prefill, bytes"),
         ("ttft", ttft, "time to first token: full prefill vs cold vs warm"),
         ("placement", placement, "multi-document QA: independent placement (and repair) vs full prefill"),
         ("quality", quality, "answer quality of a compressor vs full context and no context"),
         ("index", index_bench, "FAISS document index: embed, add, search, save/load"),
+        ("scaling", scaling, "time to first token vs context length and documents, every method, as curves"),
+        ("memory", memory_bench, "KV bytes per token, peak RSS, disk bytes per document, documents per 1 GB"),
+        ("throughput", throughput, "queries per second on a Zipf stream of RAG queries, hit rate, TTFT p50/p95"),
+        ("report", report, "plots and the README results section from benchmarks/results/*.json"),
         ("soak", soak, "RAM and disk tiers under a long random workload: budgets, LRU, integrity"),
     ]:
         bench_parser = bench_sub.add_parser(name, help=summary)

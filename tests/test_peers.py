@@ -1,0 +1,89 @@
+"""``bench peers``: the peers worker (kvpress, LLMLingua in .venv-peers) on the embedded model.
+
+The end-to-end test runs the real bench on a tiny setting: the same token ids go to the worker,
+whose uncompressed replay must give the engine's own answers (two transformers versions, one
+model), a kvpress press must keep 1/R of the context, and LLMLingua must shorten the text.
+Needs ``.venv-peers`` (``bash scripts/setup_peers.sh``); skipped with that reason without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from beacon_rag.bench import peers, peers_worker
+from beacon_rag.engine import rag_messages
+from beacon_rag.segments import Message
+
+PEERS_PYTHON = peers.default_peers_python()
+needs_peers = pytest.mark.skipif(
+    not PEERS_PYTHON.is_file(),
+    reason=f"{PEERS_PYTHON} absent: create the peers environment with `bash scripts/setup_peers.sh`",
+)
+
+
+def _args(**overrides) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    peers.add_arguments(parser)
+    args = parser.parse_args([])
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return args
+
+
+def test_bad_input_is_refused_before_any_work():
+    with pytest.raises(ValueError, match="ratios must be integers >= 2"):
+        peers.run(_args(ratios=[1], no_peers=True))
+    with pytest.raises(ValueError, match="unknown press 'h2o'"):
+        peers.run(_args(presses=["h2o"], no_peers=True))
+    with pytest.raises(ValueError, match="unknown press 'h2o'"):
+        peers_worker.make_press({"name": "h2o", "ratio": 2})
+    with pytest.raises(ValueError, match="ratio must be >= 1"):
+        peers_worker.make_press({"name": "knorm", "ratio": 0.5})
+    with pytest.raises(FileNotFoundError, match="setup_peers.sh"):
+        peers.run(_args(peers_python="/nonexistent/python"))
+
+
+def test_text_compression_touches_only_cacheable_texts():
+    messages = rag_messages("What is the code?", ["first document", "second document"])
+    # document blocks carry the blank line that separates them; a compressed one keeps it
+    assert peers.cacheable_texts(messages) == ["first document\n\n", "second document\n\n"]
+    swapped = peers.replace_texts(messages, {"first document\n\n": "first", "second document\n\n": "second "})
+    assert [b.text for b in swapped[-1].content if b.document] == ["first\n\n", "second\n\n"]
+    assert swapped[-1].content[-1].text == "Question: What is the code?"  # the question stays as is
+    chat = [Message("system", "s"), Message("user", "fact"), Message("assistant", "noted"), Message("user", "q?")]
+    assert peers.cacheable_texts(chat) == ["fact", "noted"]
+    assert [m.content for m in peers.replace_texts(chat, {"fact": "f", "noted": "n"})] == ["s", "f", "n", "q?"]
+
+
+@needs_peers
+def test_peers_run_end_to_end_on_the_embedded_model(embedded, tmp_path):
+    out = tmp_path / "peers.json"
+    args = _args(tasks=["passkey", "lm-loss"], ratios=[2], presses=["knorm"], examples=1,
+                 context_tokens={"passkey": 160, "lm-loss": 96}, max_tokens=24, repair_tokens=0,
+                 placement_ratio=0, out=str(out), details=True)
+    result = peers.run(args, lm=embedded)
+
+    # both environments run the same model on the same ids: the uncompressed replay must agree
+    assert result["worker_full_agreement"] == {"passkey": 1.0, "lm-loss": 1.0}
+    assert result["peers"]["kvpress"]["versions"]["kvpress"] == "0.5.5"
+    passkey = result["tasks"]["passkey"]["methods"]
+    assert passkey["full"]["accuracy"] == 1.0, passkey["full"]  # the prompt really carries the key
+    knorm = passkey["kvpress-knorm-x2"]
+    assert 0.45 <= knorm["kept_slots_per_token"] <= 0.55, knorm  # compression_ratio 1 - 1/2
+    assert knorm["outputs"][0].strip()
+    lingua = passkey["llmlingua-x2"]
+    assert 0 < lingua["kept_slots_per_token"] <= 1.0, lingua
+    # LLMLingua shortened the texts (measured in the model's tokens over every text it was given;
+    # it leaves some short texts nearly whole, so no per-text bound)
+    assert result["peers"]["llmlingua"]["kept_share"]["2.0"]["final"] < 0.9, result["peers"]["llmlingua"]
+    loss = result["tasks"]["lm-loss"]["methods"]
+    for name in ("full", "none", "beacon-x2", "kvpress-knorm-x2", "llmlingua-x2"):
+        assert 0 < loss[name]["loss"] < 20, (name, loss[name])
+    assert loss["full"]["loss"] < loss["none"]["loss"]  # 96 tokens of context help the next 64
+
+    assert out.is_file() and out.with_suffix(".png").stat().st_size > 10_000
+    table = peers.render_markdown(result)
+    assert table.splitlines()[0].startswith("| method | kept / token | passkey (n=1")
+    assert any(line.startswith("| kvpress-knorm-x2 |") for line in table.splitlines())
