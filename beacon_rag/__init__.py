@@ -5,7 +5,14 @@ The public API lives here; integrations import only from this module.
 
 from beacon_rag.compressors import Compressor, available_compressors, get_compressor, register_compressor
 from beacon_rag.engine import ContextTooLongError, Engine, as_messages, default_cache_dir, rag_messages
-from beacon_rag.generation import Generation, GenerationStream, SamplingParams, SegmentUse, Usage
+from beacon_rag.generation import (
+    Generation,
+    GenerationStream,
+    SamplingParams,
+    SegmentUse,
+    Usage,
+    stream_in_thread,
+)
 from beacon_rag.kv import CompressedKV, KVContext
 from beacon_rag.models import LoadedModel, UnsupportedModelError, load_model
 from beacon_rag.segments import Block, EmptyDocumentError, Message
@@ -35,4 +42,5 @@ __all__ = [
     "load_model",
     "rag_messages",
     "register_compressor",
+    "stream_in_thread",
 ]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -168,6 +171,46 @@ class GenerationStream:
             pass
         assert self.result is not None
         return self.result
+
+
+async def stream_in_thread(
+    start: Callable[[], tuple[Iterable[str], GenerationStream]],
+) -> AsyncIterator[str | Generation]:
+    """Run a generation in a worker thread and yield its deltas, then its ``Generation``, to asyncio.
+
+    Why: framework adapters expose async streaming, and a forward pass must never block the event
+    loop. ``start`` (called in the worker) returns the deltas to forward (the stream itself, or a
+    wrapper that adds e.g. a deadline) and the stream whose ``result`` ends the iteration. A consumer
+    that stops early sets a flag the worker checks before its next token, so no orphaned
+    generation keeps the model busy.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    cancelled = threading.Event()
+
+    def work() -> None:
+        try:
+            deltas, stream = start()
+            for delta in deltas:
+                if cancelled.is_set():
+                    return
+                loop.call_soon_threadsafe(queue.put_nowait, ("delta", delta))
+            loop.call_soon_threadsafe(queue.put_nowait, ("done", stream.result))
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, re-raised there
+            loop.call_soon_threadsafe(queue.put_nowait, ("error", err))
+
+    worker = loop.run_in_executor(None, work)
+    try:
+        while True:
+            kind, value = await queue.get()
+            if kind == "error":
+                raise value
+            yield value
+            if kind == "done":
+                break
+    finally:
+        cancelled.set()  # the worker stops before its next token; nothing waits on it here
+        del worker
 
 
 def decode_tokens(

@@ -184,3 +184,30 @@ def test_shared_engine_is_one_per_configuration(tiny_models, tmp_path, monkeypat
     monkeypatch.setenv("BEACON_RAG_CACHE_DIR", str(tmp_path / "env"))
     from_env = Engine.shared(lm)
     assert from_env.cache_dir == tmp_path / "env" and Engine.shared(lm) is from_env
+
+
+def test_stream_in_thread_yields_deltas_then_the_generation(tiny_models, tmp_path):
+    import asyncio
+
+    from beacon_rag import Generation, stream_in_thread
+
+    engine = Engine(tiny_models["qwen2"], cache_dir=tmp_path)
+    messages = rag_messages("What is the code?", ["The code is 4411."])
+    expected = engine.generate(messages, max_new_tokens=6)
+
+    async def collect() -> list:
+        def start():
+            stream = engine.stream(messages, max_new_tokens=6)
+            return stream, stream
+        return [item async for item in stream_in_thread(start)]
+
+    items = asyncio.run(collect())
+    assert isinstance(items[-1], Generation) and items[-1].token_ids == expected.token_ids
+    assert "".join(items[:-1]) == expected.text
+
+    async def failing() -> None:
+        async for _ in stream_in_thread(lambda: engine.stream(messages, max_new_tokens=0)):
+            pass
+
+    with pytest.raises(ValueError, match="max_new_tokens"):  # raised in the worker, re-raised here
+        asyncio.run(failing())

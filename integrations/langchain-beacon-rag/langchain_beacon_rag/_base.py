@@ -8,16 +8,14 @@ copy of the same KV. So the object stays a cheap settings holder and the engine 
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from beacon_rag import Engine, Generation, Message, SamplingParams
+from beacon_rag import Engine, Generation, Message, SamplingParams, stream_in_thread
 from langchain_core.documents import Document
 from langchain_core.runnables import RunnableLambda
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -215,38 +213,7 @@ class BeaconRAGParams(BaseModel):
 
         return deltas(), stream
 
-    async def _run_async(self, messages: list[Message], params: SamplingParams, model: str | None = None
-                         ) -> AsyncIterator[str | Generation]:
-        """Run the engine in a worker thread and hand deltas over through an asyncio queue.
-
-        The event loop never blocks on a forward pass, and a consumer that stops early sets a
-        flag the worker sees before its next token, so no orphaned generation keeps the model busy.
-        The last item yielded is the finished ``Generation``.
-        """
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        cancelled = threading.Event()
-
-        def work() -> None:
-            try:
-                deltas, stream = self._run(messages, params, model)
-                for delta in deltas:
-                    if cancelled.is_set():
-                        return
-                    loop.call_soon_threadsafe(queue.put_nowait, ("delta", delta))
-                loop.call_soon_threadsafe(queue.put_nowait, ("done", stream.result))
-            except BaseException as err:  # noqa: BLE001 - handed to the consumer, re-raised there
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", err))
-
-        worker = loop.run_in_executor(None, work)
-        try:
-            while True:
-                kind, value = await queue.get()
-                if kind == "error":
-                    raise value
-                yield value
-                if kind == "done":
-                    break
-        finally:
-            cancelled.set()  # the worker stops before its next token; nothing waits on it here
-            del worker
+    def _run_async(self, messages: list[Message], params: SamplingParams, model: str | None = None
+                   ) -> AsyncIterator[str | Generation]:
+        """Deltas, then the finished ``Generation``, without blocking the event loop."""
+        return stream_in_thread(lambda: self._run(messages, params, model))

@@ -13,12 +13,10 @@ So the object stays a cheap settings holder and the engine is looked up.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import threading
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +35,7 @@ from llama_index.core.bridge.pydantic import Field
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
-from beacon_rag import Engine, Generation, Message, SamplingParams
+from beacon_rag import Engine, Generation, GenerationStream, Message, SamplingParams, stream_in_thread
 from llama_index.llms.beacon_rag.messages import to_beacon_messages
 
 logger = logging.getLogger(__name__)
@@ -332,38 +330,11 @@ class BeaconRAG(CustomLLM):
         assert result is not None  # _run_async always ends with the Generation or raises
         return result
 
-    async def _run_async(self, messages: list[Message], params: SamplingParams) -> AsyncIterator[str | Generation]:
-        """Run the engine in a worker thread and hand deltas over through an asyncio queue.
+    def _run_async(self, messages: list[Message], params: SamplingParams) -> AsyncIterator[str | Generation]:
+        """Deltas, then the finished ``Generation``, without blocking the event loop."""
 
-        The event loop never blocks on a forward pass; a consumer that stops early sets a flag the
-        worker sees before its next token, so no orphaned generation keeps the model busy. The
-        last item yielded is the finished ``Generation``.
-        """
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        cancelled = threading.Event()
+        def start() -> tuple[GenerationStream, GenerationStream]:
+            stream = self.engine.stream(messages, params)
+            return stream, stream  # the stream is its own delta iterator
 
-        def work() -> None:
-            try:
-                stream = self.engine.stream(messages, params)
-                iterator: Iterator[str] = iter(stream)
-                for delta in iterator:
-                    if cancelled.is_set():
-                        return
-                    loop.call_soon_threadsafe(queue.put_nowait, ("delta", delta))
-                loop.call_soon_threadsafe(queue.put_nowait, ("done", stream.result))
-            except BaseException as err:  # noqa: BLE001 - handed to the consumer, re-raised there
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", err))
-
-        worker = loop.run_in_executor(None, work)
-        try:
-            while True:
-                kind, value = await queue.get()
-                if kind == "error":
-                    raise value
-                yield value
-                if kind == "done":
-                    break
-        finally:
-            cancelled.set()
-            del worker
+        return stream_in_thread(start)
