@@ -39,6 +39,11 @@ def main() -> None:
         result = engine.generate(rag_messages(QUESTIONS[question], [CORPUS[d] for d in docs]), max_new_tokens=4)
         print(json.dumps({"query": index, "docs": docs, "question": question, "tokens": result.token_ids,
                           "sources": {u.key: u.source for u in result.segments}}), flush=True)
+    if step:
+        # Wait for the test to close stdin: it reads the rows with readline() and the stats with
+        # communicate(), which reads the pipe directly and would miss a stats line that a readline()
+        # had already pulled into its buffer together with the last row.
+        sys.stdin.readline()
     stats = engine.store.stats()
     print(json.dumps({"stats": {"redis": stats["redis"], "computed": stats["computed"]}}, default=str), flush=True)
 
