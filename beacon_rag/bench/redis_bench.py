@@ -35,8 +35,8 @@ from typing import Any
 import torch
 
 from beacon_rag.bench.corpus import make_documents
-from beacon_rag.bench.ttft import plain_prefill_s
-from beacon_rag.compressors import compressor_options, parse_ratio
+from beacon_rag.bench.ttft import ANSWER_TOKENS, QUESTION, add_setting_arguments, plain_prefill_s
+from beacon_rag.compressors import compressor_options
 from beacon_rag.engine import Engine, rag_messages
 from beacon_rag.models import LoadedModel, load_model
 from beacon_rag.store import RedisTier
@@ -139,10 +139,6 @@ class LocalRedisServer:
 
 
 # ------------------------------------------------------------------------------ the benchmark
-QUESTION = "Which Python modules do these documents describe, and what is each one for?"
-ANSWER_TOKENS = 24
-
-
 def _engine(lm: LoadedModel, args: argparse.Namespace, cache_dir: str | None, *, redis_url: str,
             namespace: str, memory_bytes: int = 0) -> Engine:
     options = compressor_options(args.ratio, args.window)
@@ -250,15 +246,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--context-tokens", type=int, default=2048, help="tokens of context in all documents")
-    parser.add_argument("--docs", type=int, default=4, help="number of documents the context is split into")
-    parser.add_argument("--compressor", default="exact")
-    parser.add_argument("--ratio", type=parse_ratio, default=None,
-                        help="compression ratio (beacon): 2, 4, 8, 16, 32, 0 (raw) or adapt")
-    parser.add_argument("--window", type=int, default=None, help="beacon window in raw tokens")
-    parser.add_argument("--placement", default="chained", choices=["chained", "independent"])
-    parser.add_argument("--model", default=None, help="model folder or .gguf (default: embedded SmolLM2)")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs per figure (best is reported)")
+    add_setting_arguments(parser)
     parser.add_argument("--redis-url", default=None,
                         help="an existing server (a fresh namespace is used and removed); default: start a "
                         "throwaway redis-server on loopback")

@@ -175,6 +175,14 @@ def _style(name: str) -> dict[str, Any]:
     return {"color": colors.get(config, None), "linestyle": dash, "marker": "o", "markersize": 3}
 
 
+def _save_figure(plt: Any, fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG and free it (figures left open accumulate in a long report run)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_scaling(result: dict[str, Any], curve: str, path: Path) -> Path:
     """Time to first token along one curve, log-log: the slope is how the cost grows with the work.
 
@@ -209,10 +217,7 @@ def plot_scaling(result: dict[str, Any], curve: str, path: Path) -> Path:
     fig.suptitle(f"Time to first token vs {'context length' if curve == 'context' else 'number of documents'} "
                  f"({result['model']}, {result['machine']['torch_threads']} thread(s), best of runs)", fontsize=11)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, path)
 
 
 def plot_memory(result: dict[str, Any], path: Path) -> Path:
@@ -232,10 +237,7 @@ def plot_memory(result: dict[str, Any], path: Path) -> Path:
         ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle(f"Memory per configuration ({result['model']})", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, path)
 
 
 def plot_throughput(result: dict[str, Any], path: Path) -> Path:
@@ -259,10 +261,7 @@ def plot_throughput(result: dict[str, Any], path: Path) -> Path:
     fig.suptitle(f"{result['queries']} RAG queries, Zipf(s={result['zipf_s']}) over {result['corpus_documents']} "
                  f"documents ({result['model']})", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, path)
 
 
 def write_plots(results: dict[str, Any], plots: Path) -> list[Path]:

@@ -143,7 +143,9 @@ def warm_disk_probe(args: argparse.Namespace) -> dict[str, Any]:
     return {"warm_disk_s": min(times), "answer": answer}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """The request being timed (context, documents, compressor, placement, model, runs): shared
+    with ``bench redis`` so both benches time the same kind of request."""
     parser.add_argument("--context-tokens", type=int, default=2048, help="tokens of context in all documents")
     parser.add_argument("--docs", type=int, default=4, help="number of documents the context is split into")
     parser.add_argument("--compressor", default="exact")
@@ -151,9 +153,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compression ratio (beacon): 2, 4, 8, 16, 32, 0 (raw) or adapt")
     parser.add_argument("--window", type=int, default=None, help="beacon window in raw tokens")
     parser.add_argument("--placement", default="chained", choices=["chained", "independent"])
-    parser.add_argument("--repair-tokens", type=int, default=0)
     parser.add_argument("--model", default=None, help="model folder or .gguf (default: embedded SmolLM2)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per figure (best is reported)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_setting_arguments(parser)
+    parser.add_argument("--repair-tokens", type=int, default=0)
     parser.add_argument("--cold-runs", type=int, default=2)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
