@@ -137,21 +137,30 @@ class KVContext:
             self._keys, self._values = [self._joined[0]], [self._joined[1]]
         return self._joined
 
-    def to_cache(self) -> Any:
-        """A fresh ``DynamicCache`` holding this memory; the model may grow it without harm here.
-
-        Each layer's tensor is concatenated once and handed to the cache as it is: going through
-        ``update`` would copy the whole context a second time (it concatenates onto an empty
-        tensor), which is a measurable share of a warm request's time to first token.
-        """
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
+    def layer_tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per layer, all rotated keys and values as ``[1, heads, slots, dim]`` (empty lists when empty)."""
         if not self._keys:
-            return cache
-        for layer in range(self._keys[0].shape[0]):
-            keys = torch.cat([k[layer] for k in self._keys], dim=1)[None]
-            values = torch.cat([v[layer] for v in self._values], dim=1)[None]
-            cache.update(keys[:, :, :0], values[:, :, :0], layer)  # creates the layer, holds nothing
-            cache.layers[layer].keys, cache.layers[layer].values = keys, values
-        return cache
+            return [], []
+        layers = range(self._keys[0].shape[0])
+        return ([torch.cat([k[layer] for k in self._keys], dim=1)[None] for layer in layers],
+                [torch.cat([v[layer] for v in self._values], dim=1)[None] for layer in layers])
+
+    def to_cache(self) -> Any:
+        """A fresh ``DynamicCache`` holding this memory; the model may grow it without harm here."""
+        return cache_from_layers(*self.layer_tensors())
+
+
+def cache_from_layers(keys: list[torch.Tensor], values: list[torch.Tensor]) -> Any:
+    """A ``DynamicCache`` holding per-layer ``[1, heads, slots, dim]`` tensors (rotated keys) as given.
+
+    The tensors are handed to the cache as they are: going through ``update`` would copy the whole
+    context a second time (it concatenates onto an empty tensor), which is a measurable share of a
+    warm request's time to first token.
+    """
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for layer, (k, v) in enumerate(zip(keys, values)):
+        cache.update(k[:, :, :0], v[:, :, :0], layer)  # creates the layer, holds nothing
+        cache.layers[layer].keys, cache.layers[layer].values = k, v
+    return cache

@@ -176,10 +176,92 @@ def test_cli_arguments_build_the_config():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--steps", "7", "--ratios", "2,8", "--low-rank", "0", "--context-tokens", "64,128",
-                              "--tasks", '{"passkey": 1}', "--distill-weight", "0.3", "--no-resume"])
+                              "--tasks", '{"passkey": 1}', "--distill-weight", "0.3", "--no-resume",
+                              "--raw-loss-weight", "0.5", "--init-plugin", "some/plugin"])
     cfg = config_from_args(args)
     assert (cfg.steps, cfg.ratios, cfg.low_rank, cfg.context_tokens) == (7, (2, 8), None, (64, 128))
     assert cfg.tasks == {"passkey": 1} and cfg.distill_weight == 0.3 and cfg.resume is False
+    assert cfg.raw_loss_weight == 0.5 and cfg.init_plugin == "some/plugin"
     assert TrainConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
     with pytest.raises(ValueError):
         TrainConfig(window=100, ratios=(8,)).check()
+
+
+def test_raw_token_loss_with_ratio_zero_is_the_plain_models_loss(lm, examples):
+    """With every window kept raw (ratio 0) the window loop is an exact prefill, so the raw-token
+    loss must equal the plain model's next-token loss over the context (and the first token after)."""
+    from beacon_rag.beacon.train import example_losses
+
+    example = examples[0]
+    plugin = BeaconPlugin.from_model(lm, low_rank=4, seed=0)
+    losses = example_losses(lm, plugin, example, window=16, ratio=0, raw_weight=1.0, grad=False)
+    ids = torch.tensor([example.context_ids + example.continuation_ids[:1]])
+    with torch.no_grad():
+        logits = lm.model(input_ids=ids).logits[0, :-1].float()
+    expected = torch.nn.functional.cross_entropy(logits, ids[0, 1:])
+    assert losses["raw"].item() == pytest.approx(expected.item(), rel=1e-4)
+    assert losses["loss"].item() == pytest.approx(losses["lm"].item() + losses["raw"].item(), rel=1e-5)
+    # Off by default: no raw term, the loss is the target loss alone.
+    plain = example_losses(lm, plugin, example, window=16, ratio=0, grad=False)
+    assert "raw" not in plain and plain["loss"].item() == pytest.approx(plain["lm"].item())
+
+
+def test_raw_token_loss_trains_the_beacons(tmp_path, lm, examples):
+    """The raw-token loss reaches the plug-in through later windows' attention to earlier beacons,
+    and training on it (alone, target loss aside) lowers it."""
+    from beacon_rag.beacon.train import example_losses
+
+    t = trainer(config(tmp_path, steps=16, raw_loss_weight=1.0, checkpoint_every=16), lm, examples)
+
+    def raw_loss() -> float:
+        return sum(example_losses(lm, t.plugin, e, window=16, ratio=4, raw_weight=1.0, grad=False)["raw"].item()
+                   for e in examples) / len(examples)
+
+    before = raw_loss()
+    t.run(progress=False)
+    after = raw_loss()
+    assert after < before - 0.05, (before, after)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert all(r["raw_loss"] > 0 for r in records if "raw_loss" in r)
+
+
+def test_warm_start_from_a_saved_plugin(tmp_path, lm, examples):
+    first = trainer(config(tmp_path / "a", steps=4, checkpoint_every=4), lm, examples)
+    first.run(progress=False)
+    saved = first.checkpoints()[-1] / "plugin"
+    second = trainer(config(tmp_path / "b", steps=4, init_plugin=str(saved)), lm, examples)
+    assert second.plugin.digest() == first.plugin.digest() and second.step == 0
+    with pytest.raises(ValueError, match="low rank"):
+        trainer(config(tmp_path / "c", low_rank=2, init_plugin=str(saved)), lm, examples)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(lm, examples):
+    """Recomputing windows in backward must not change a single gradient: each window is a pure
+    function of its inputs, with the beacon hooks entered again during the recomputation (a
+    recomputation without them would silently use the base projections for beacon rows)."""
+    from beacon_rag.beacon.train import example_losses
+
+    plugin = BeaconPlugin.from_model(lm, low_rank=4, seed=0)
+    with torch.no_grad():  # away from the init, where B = 0 hides half the gradient paths
+        for name, p in plugin.named_parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.05)
+    plugin.requires_grad_(True)
+    example = examples[1]
+    assert len(example.context_ids) > 3 * 16  # several windows, so memory flows between them
+
+    def grads(checkpoint: bool) -> tuple[float, dict[str, torch.Tensor]]:
+        plugin.zero_grad(set_to_none=True)
+        losses = example_losses(lm, plugin, example, window=16, ratio=4, distill_weight=0.5, raw_weight=1.0,
+                                checkpoint=checkpoint)
+        losses["loss"].backward()
+        return losses["loss"].item(), {n: p.grad.clone() for n, p in plugin.named_parameters() if p.grad is not None}
+
+    loss_plain, plain = grads(False)
+    loss_ckpt, ckpt = grads(True)
+    assert loss_plain == pytest.approx(loss_ckpt, rel=1e-6)
+    assert plain.keys() == ckpt.keys() and len(plain) > 10
+    for name in plain:
+        assert torch.allclose(plain[name], ckpt[name], rtol=1e-4, atol=1e-7), name
+    assert any(g.abs().sum() > 0 for n, g in plain.items() if "lora_A" in n)
+    # The trainer accepts the flag (it used to refuse it) and trains with it.
+    TrainConfig(gradient_checkpointing=True).check()

@@ -29,24 +29,30 @@ Rather than patching the model's classes, the per-position choice of projection 
 hooks on each layer's ``q_proj``/``k_proj``/``v_proj``(/``o_proj``): the hook recomputes the beacon
 rows with the plug-in's projection and records the (pre-RoPE) keys and values, as
 ``compressors.base.prefill_pre_rope`` does. Hooks are removed in ``finally`` so a failed forward never
-leaves the shared model altered; the model lock is held throughout.
+leaves the shared model altered; the model lock is held throughout (except while gradient
+checkpointing recomputes a window during backward: training owns its model).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Self
 
 import torch
+import torch.utils.checkpoint
 
 from beacon_rag.beacon.plugin import BeaconPlugin, BeaconWeightsError
-from beacon_rag.kv import CompressedKV, KVContext, rotary_tables, rotate
+from beacon_rag.kv import CompressedKV, KVContext, cache_from_layers, rotary_tables, rotate
 from beacon_rag.models import LoadedModel
 
 logger = logging.getLogger(__name__)
 
 ALLOWED_RATIOS = (2, 4, 8, 16, 32)
+
+# on_window(start, end, hidden of the raw tokens token_ids[start:end]): see ``compress_segment``.
+WindowHook = Callable[[int, int, torch.Tensor], None]
 
 
 def validate(window: int, ratio: int, sink: int) -> None:
@@ -243,6 +249,50 @@ def _heads(flat: torch.Tensor, rows: torch.Tensor, lm: LoadedModel) -> torch.Ten
     return picked.view(picked.shape[0], lm.num_kv_heads, lm.head_dim).transpose(0, 1)
 
 
+def _window_step(
+    lm: LoadedModel,
+    plugin: BeaconPlugin,
+    is_beacon: torch.Tensor,
+    raw_positions: torch.Tensor,
+    keep: torch.Tensor,
+    memory: int,
+    ratio: int,
+    grow_memory: bool,
+    embeds: torch.Tensor,
+    *memory_tensors: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """One window's forward over ``[memory | window sequence]``, as a pure function of tensors.
+
+    Pure (memory in, memory out; hooks entered and left inside) so that gradient checkpointing can
+    run it again during backward, when ``compress_segment`` and its hooks are long gone.
+    Returns: the raw tokens' final hidden states, the kept rows' pre-RoPE keys (one tensor per
+    layer) and values, and, unless this is the last window, the next window's memory: the window's
+    raw entries dropped and what is kept placed at packed positions (``ratio == 0`` keeps
+    everything where the forward put it).
+    """
+    layers = lm.num_layers
+    cache = cache_from_layers(list(memory_tensors[:layers]), list(memory_tensors[layers:]))
+    with _BeaconRouting(lm, plugin) as routing:
+        routing.set_mask(is_beacon)
+        out = lm.model.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
+    hidden = out.last_hidden_state[0].index_select(0, raw_positions)
+    kept_keys = [_heads(routing.keys[layer], keep, lm) for layer in range(layers)]
+    kept_values = [_heads(routing.values[layer], keep, lm) for layer in range(layers)]
+    if not grow_memory:
+        return (hidden, *kept_keys, *kept_values)
+    if ratio == 0:
+        next_keys = [cache.layers[layer].keys for layer in range(layers)]
+        next_values = [cache.layers[layer].values for layer in range(layers)]
+    else:
+        cos, sin = rotary_tables(lm, memory, int(keep.numel()))
+        next_keys = [rotate(k, cos, sin)[None] for k in kept_keys]
+        next_values = [v[None] for v in kept_values]
+        if memory_tensors:
+            next_keys = [torch.cat([m, k], dim=2) for m, k in zip(memory_tensors[:layers], next_keys)]
+            next_values = [torch.cat([m, v], dim=2) for m, v in zip(memory_tensors[layers:], next_values)]
+    return (hidden, *kept_keys, *kept_values, *next_keys, *next_values)
+
+
 def compress_segment(
     lm: LoadedModel,
     plugin: BeaconPlugin,
@@ -253,6 +303,8 @@ def compress_segment(
     ratio: int,
     sink: int = 0,
     grad: bool = False,
+    on_window: WindowHook | None = None,
+    checkpoint: bool = False,
 ) -> CompressedKV:
     """Compress ``token_ids`` placed after ``context`` (left unmodified) into sink + beacon slots.
 
@@ -260,6 +312,17 @@ def compress_segment(
     compressor does; ``grad=True`` keeps the autograd graph through every window (gradients reach
     the plug-in's parameters through the cached beacon K/V of earlier windows), which is what
     training needs, and leaves the tensors on the model's device.
+
+    ``on_window(start, end, hidden)`` is called after each window's forward with the final hidden
+    states (after the model's last norm) of that window's raw tokens ``token_ids[start:end]``, in
+    order. The trainer uses it for the paper's raw-token loss: those tokens saw every earlier window
+    only through its beacons, so their next-token loss is what teaches the beacons; inference
+    passes nothing and pays nothing.
+
+    ``checkpoint=True`` (with ``grad``) is gradient checkpointing at window granularity: each
+    window's activations are dropped after its forward and recomputed during backward from the
+    window's saved inputs (its embeddings and the memory before it), trading about one more
+    forward for activation memory that no longer grows with the number of windows times layers.
     """
     validate(window, ratio, sink)
     n, context_length = len(token_ids), context.length
@@ -268,14 +331,15 @@ def compress_segment(
         return CompressedKV(empty, empty.clone(), raw_tokens=0, info=_info(window, ratio, 0, 0))
     check_fit(lm, plugin, peak_positions(n, window, ratio, sink, context_length))
     device = lm.device
-    decoder = lm.model.model
+    embed_tokens = lm.model.model.embed_tokens
     ids = torch.tensor(token_ids, dtype=torch.long, device=device)
     kept_keys: list[list[torch.Tensor]] = [[] for _ in range(lm.num_layers)]
     kept_values: list[list[torch.Tensor]] = [[] for _ in range(lm.num_layers)]
     sink_kept = 0
+    layers = lm.num_layers
     mode = torch.enable_grad() if grad else torch.inference_mode()
-    with lm.lock, mode, _BeaconRouting(lm, plugin) as routing:
-        cache = context.to_cache()
+    with lm.lock, mode:
+        memory_keys, memory_values = context.layer_tensors()
         memory = context_length
         windows = list(_windows(n, window))
         for number, (start, end) in enumerate(windows):
@@ -288,30 +352,31 @@ def compress_segment(
             beacon_positions = torch.nonzero(is_beacon).flatten()
             source = torch.full((len(layout),), raw, dtype=torch.long, device=device)
             source[raw_positions] = torch.arange(raw, device=device)
-            table = torch.cat([decoder.embed_tokens(ids[start:end]), plugin.beacon_embed.to(lm.dtype)])
-            routing.set_mask(is_beacon)
-            decoder(inputs_embeds=table[source][None], past_key_values=cache, use_cache=True)
-
+            table = torch.cat([embed_tokens(ids[start:end]), plugin.beacon_embed.to(lm.dtype)])
             if ratio == 0:
                 keep = torch.arange(len(layout), device=device)
             else:
                 window_sink = min(sink, raw) if (start == 0 and context_length == 0) else 0
                 sink_kept += window_sink
                 keep = torch.cat([raw_positions[:window_sink], beacon_positions])
-            for layer in range(lm.num_layers):
-                kept_keys[layer].append(_heads(routing.keys[layer], keep, lm))
-                kept_values[layer].append(_heads(routing.values[layer], keep, lm))
-            count = int(keep.numel())
-            if number + 1 < len(windows) and ratio != 0:
-                # Drop the window's raw entries and re-place what is kept at packed positions.
-                cos, sin = rotary_tables(lm, memory, count)
-                for layer in range(lm.num_layers):
-                    slot = cache.layers[layer]
-                    new_keys = rotate(kept_keys[layer][-1], cos, sin)[None]
-                    slot.keys = torch.cat([slot.keys[:, :, :memory], new_keys], dim=2)
-                    slot.values = torch.cat([slot.values[:, :, :memory], kept_values[layer][-1][None]], dim=2)
-            # With ratio 0 the cache already holds exactly the kept (raw) entries at their positions.
-            memory += count
+            step = functools.partial(
+                _window_step, lm, plugin, is_beacon, raw_positions, keep, memory, ratio,
+                number + 1 < len(windows),  # the last window's memory is never attended to
+            )
+            inputs = (table[source][None], *memory_keys, *memory_values)
+            if grad and checkpoint:
+                outputs = torch.utils.checkpoint.checkpoint(step, *inputs, use_reentrant=False)
+            else:
+                outputs = step(*inputs)
+            hidden, rest = outputs[0], outputs[1:]
+            if on_window is not None:
+                on_window(start, end, hidden)
+            for layer in range(layers):
+                kept_keys[layer].append(rest[layer])
+                kept_values[layer].append(rest[layers + layer])
+            if len(rest) > 2 * layers:
+                memory_keys, memory_values = list(rest[2 * layers : 3 * layers]), list(rest[3 * layers :])
+            memory += int(keep.numel())
         keys = torch.stack([torch.cat(chunks, dim=1) for chunks in kept_keys])
         values = torch.stack([torch.cat(chunks, dim=1) for chunks in kept_values])
     if not grad:

@@ -8,7 +8,9 @@ One step, as inference will use the plug-in:
    the compression ratio is drawn per step from ``ratios``;
 2. the continuation (question + answer, or the text that follows) runs through the PLAIN model
    attending to the compressed memory placed at positions ``0 .. slots-1``, exactly as
-   ``KVContext``/the engine place it; next-token loss on the target tokens only;
+   ``KVContext``/the engine place it; next-token loss on the target tokens;
+   optionally (``raw_loss_weight > 0``) also the paper's loss: next-token NLL of every context token
+   inside the window loop, where later windows see earlier ones only through beacons;
 3. optionally (``distill_weight > 0``) a KL term pulls the compressed model's next-token
    distribution on the target tokens towards the same base model's distribution with the
    UNcompressed context (teacher, no gradient): a denser signal than the one-hot labels.
@@ -18,10 +20,9 @@ tests). The run is deterministic in its seed: example ``i`` and the ratio of ste
 functions of (seed, i/k), so resuming from a checkpoint (plug-in, optimizer, scheduler, step, RNG
 state) continues exactly as an uninterrupted run would.
 
-Why no gradient checkpointing inside the window loop: the loop mutates a KV cache between windows,
-which recomputation would corrupt (transformers' checkpointed layers also drop the cache). Memory
-is bounded instead by short windows and contexts of a few thousand tokens, which is what CPU
-training affords anyway; the flag is accepted and recorded, and applies nowhere else yet.
+Gradient checkpointing (``gradient_checkpointing``) works at window granularity inside
+``compress_segment``: each window is a pure function of its embeddings and the memory before it,
+so backward can recompute it; the short continuation forward is not checkpointed.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ class TrainConfig:
     tasks: dict[str, float] = field(default_factory=lambda: dict(Mixture().weights))
     distill_weight: float = 0.0
     distill_temperature: float = 1.0
+    raw_loss_weight: float = 0.0  # the paper's next-token loss on the context's raw tokens (0: off)
+    init_plugin: str | None = None  # a saved plug-in to start from (warm start of a new run)
     gradient_checkpointing: bool = False
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
@@ -115,10 +118,6 @@ class TrainConfig:
             raise ValueError(f"context_tokens must be (low, high) with 16 <= low <= high, got {self.context_tokens}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.gradient_checkpointing:
-            # Refused rather than ignored: recomputing a layer would replay cache updates that the
-            # window loop makes between windows, and transformers' checkpointed layers drop the cache.
-            raise ValueError("gradient checkpointing is not supported by the beacon window loop yet")
 
 
 # ---------------------------------------------------------------------------- checkpoint state
@@ -187,15 +186,30 @@ def _target_slice(example: Example) -> tuple[slice, torch.Tensor]:
 
 def example_losses(lm: LoadedModel, plugin: BeaconPlugin, example: Example, *, window: int, ratio: int,
                    sink: int = 0, distill_weight: float = 0.0, temperature: float = 1.0,
-                   grad: bool = True) -> dict[str, torch.Tensor]:
-    """Loss terms of one example: ``lm`` (next-token NLL on the target), ``distill`` (KL), ``loss``.
+                   raw_weight: float = 0.0, grad: bool = True,
+                   checkpoint: bool = False) -> dict[str, torch.Tensor]:
+    """Loss terms of one example: ``lm`` (next-token NLL on the target), ``distill`` (KL), ``raw``, ``loss``.
 
     The memory is built exactly as inference builds it: ``compress_segment`` then ``KVContext.append``
     (pre-RoPE keys rotated to positions ``0..slots-1``), then ``to_cache``.
+
+    ``raw`` (with ``raw_weight > 0``) is the paper's objective: next-token NLL of every context token
+    inside the window loop, where window ``k``'s tokens see windows ``< k`` only through their
+    beacons. It scores the whole context, not only the few target tokens, so each forward teaches
+    the beacons from ten to twenty times more predictions: what a CPU budget of a few hundred
+    thousand tokens needs.
     """
+    raw_sum: list[torch.Tensor] = []
+    labels = torch.tensor(example.context_ids + example.continuation_ids[:1], dtype=torch.long)
+
+    def score_window(start: int, end: int, hidden: torch.Tensor) -> None:
+        logits = lm.model.lm_head(hidden).float()
+        raw_sum.append(F.cross_entropy(logits, labels[start + 1 : end + 1].to(logits.device), reduction="sum"))
+
     with torch.set_grad_enabled(grad):
         kv = compress_segment(lm, plugin, example.context_ids, KVContext(lm), window=window, ratio=ratio,
-                              sink=sink, grad=grad)
+                              sink=sink, grad=grad, on_window=score_window if raw_weight > 0 else None,
+                              checkpoint=checkpoint)
         memory = KVContext(lm)
         memory.append(kv)
         logits = _continuation_logits(lm, memory, example.continuation_ids)
@@ -210,7 +224,11 @@ def example_losses(lm: LoadedModel, plugin: BeaconPlugin, example: Example, *, w
             kl = F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1),
                           log_target=True, reduction="batchmean") * (t * t)
             out["distill"] = kl
-            out["loss"] = nll + distill_weight * kl
+            out["loss"] = out["loss"] + distill_weight * kl
+        if raw_sum:
+            raw = torch.stack(raw_sum).sum() / len(example.context_ids)
+            out["raw"] = raw
+            out["loss"] = out["loss"] + raw_weight * raw
     return out
 
 
@@ -279,6 +297,8 @@ class Trainer:
         self._eval_examples = eval_examples
         self._eval_refs: list[dict[str, float]] | None = None
         self.plugin = BeaconPlugin.from_model(lm, low_rank=config.low_rank, seed=config.seed)
+        if config.init_plugin:
+            self._warm_start(Path(config.init_plugin))
         self.params = [p for p in self.plugin.parameters()]
         for p in self.params:
             p.requires_grad_(True)
@@ -289,6 +309,17 @@ class Trainer:
         self.tokens = 0
         self.seconds = 0.0
         self.log_path = self.out / "log.jsonl"
+
+    def _warm_start(self, folder: Path) -> None:
+        """Start from a saved plug-in's weights (same model, same rank): a new run with a new
+        objective or schedule continues what an earlier run learned instead of starting over."""
+        loaded = BeaconPlugin.load(folder, self.lm)
+        if loaded.low_rank != self.plugin.low_rank:
+            raise ValueError(
+                f"init plug-in {folder} has low rank {loaded.low_rank}, this run uses {self.plugin.low_rank}"
+            )
+        self.plugin.load_state_dict(loaded.state_dict())
+        logger.info("warm start from %s (its training step %s)", folder, loaded.config.get("training_step"))
 
     # -------------------------------------------------------------- checkpoints
     def checkpoints(self) -> list[Path]:
@@ -352,7 +383,8 @@ class Trainer:
             f"- model: {self.lm.name} (fingerprint {self.lm.fingerprint[:16]}…), {c.dtype} on {c.device}\n"
             f"- plug-in: low-rank {c.low_rank} deltas over the base q/k/v + beacon embedding\n"
             f"- objective: compression-based auto-regression (context through the beacon window loop with "
-            f"gradients, next-token loss on the continuation), distillation weight {c.distill_weight}\n"
+            f"gradients, next-token loss on the continuation), distillation weight {c.distill_weight}, raw-token "
+            f"loss weight {c.raw_loss_weight}; warm start: {c.init_plugin or 'none (untrained copy)'}\n"
             f"- window {c.window}, ratios {list(c.ratios)} (one per step), sink {c.sink}\n"
             f"- data: offline mixture {c.tasks} from `split_sources('train')` (Python stdlib docs), contexts "
             f"{list(c.context_tokens)} tokens, targets up to {c.target_tokens} tokens; seed {c.seed}\n"
@@ -411,12 +443,13 @@ class Trainer:
         ratio = step_ratio(c, self.step)
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        totals = {"loss": 0.0, "lm": 0.0, "distill": 0.0}
+        totals = {"loss": 0.0, "lm": 0.0, "distill": 0.0, "raw": 0.0}
         tokens = 0
         for micro in range(c.grad_accum):
             example = self.data[self.step * c.grad_accum + micro]
             losses = example_losses(self.lm, self.plugin, example, window=c.window, ratio=ratio, sink=c.sink,
-                                    distill_weight=c.distill_weight, temperature=c.distill_temperature)
+                                    distill_weight=c.distill_weight, temperature=c.distill_temperature,
+                                    raw_weight=c.raw_loss_weight, checkpoint=c.gradient_checkpointing)
             (losses["loss"] / c.grad_accum).backward()
             for key in totals:
                 if key in losses:
@@ -431,7 +464,8 @@ class Trainer:
         self.tokens += tokens
         self.seconds += seconds
         return {"step": self.step, "loss": totals["loss"], "lm_loss": totals["lm"],
-                "distill_loss": totals["distill"], "ratio": ratio, "tokens": self.tokens, "step_tokens": tokens,
+                "distill_loss": totals["distill"], "raw_loss": totals["raw"], "ratio": ratio,
+                "tokens": self.tokens, "step_tokens": tokens,
                 "seconds": round(self.seconds, 3), "step_seconds": round(seconds, 3), "lr": lr,
                 "grad_norm": float(norm)}
 
@@ -504,7 +538,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="task weights as JSON, e.g. '{\"lm\": 0.5, \"passkey\": 0.5}'")
     parser.add_argument("--distill-weight", type=float, default=d.distill_weight)
     parser.add_argument("--distill-temperature", type=float, default=d.distill_temperature)
-    parser.add_argument("--gradient-checkpointing", action="store_true", help="not supported yet (refused)")
+    parser.add_argument("--raw-loss-weight", type=float, default=d.raw_loss_weight,
+                        help="weight of the paper's next-token loss on the context's raw tokens (0: off)")
+    parser.add_argument("--init-plugin", default=None, help="start a new run from this saved plug-in folder")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute each window's activations in backward (less memory, ~1/3 more compute)")
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     parser.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
     parser.add_argument("--eval-every", type=int, default=d.eval_every)
@@ -526,6 +564,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         ratios=tuple(args.ratios), sink=args.sink, low_rank=args.low_rank or None,
         context_tokens=tuple(args.context_tokens), target_tokens=args.target_tokens, tasks=tasks,
         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
+        raw_loss_weight=args.raw_loss_weight, init_plugin=args.init_plugin,
         gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, eval_every=args.eval_every, eval_examples=args.eval_examples,
         eval_context_tokens=args.eval_context_tokens, eval_ratio=args.eval_ratio, export_dir=args.export_dir,
