@@ -183,7 +183,8 @@ class Engine:
         self._count_lock = threading.Lock()
 
     @classmethod
-    def shared(cls, model: str | os.PathLike[str] | None = None, **options: Any) -> Engine:
+    def shared(cls, model: str | os.PathLike[str] | None = None, *, ratio: int | str | None = None,
+               **options: Any) -> Engine:
         """One engine per configuration per process.
 
         Framework adapters are instantiated many times (per chain, per pydantic copy, per test);
@@ -191,8 +192,15 @@ class Engine:
         they ask for the shared engine of their configuration instead. The cache directory is
         resolved (and the environment read) now, so a changed ``BEACON_RAG_CACHE_DIR`` or
         ``BEACON_RAG_REDIS_URL`` gives a new engine rather than an old one.
+
+        ``ratio`` is the adapters' flat spelling of ``compressor_options={"ratio": ...}`` (what
+        their users set as a field); it is refused for ``exact``, which has nothing to compress.
         """
         resolved = dict(options)
+        if ratio is not None:
+            if resolved.get("compressor", "exact") == "exact":
+                raise ValueError("ratio applies to compressing methods (compressor='beacon'), not 'exact'")
+            resolved["compressor_options"] = {**(resolved.get("compressor_options") or {}), "ratio": ratio}
         resolved["cache_dir"] = str(Path(resolved.get("cache_dir") or default_cache_dir()).expanduser().resolve())
         if resolved.get("redis_url") is None:
             resolved["redis_url_env"] = os.environ.get("BEACON_RAG_REDIS_URL")

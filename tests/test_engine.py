@@ -184,6 +184,13 @@ def test_shared_engine_is_one_per_configuration(tiny_models, tmp_path, monkeypat
     monkeypatch.setenv("BEACON_RAG_CACHE_DIR", str(tmp_path / "env"))
     from_env = Engine.shared(lm)
     assert from_env.cache_dir == tmp_path / "env" and Engine.shared(lm) is from_env
+    # ``ratio`` is the adapters' flat field: folded into the compressor's options, refused for exact.
+    streaming = Engine.shared(lm, compressor="streaming", ratio=4, cache_dir=tmp_path / "a")
+    assert streaming.compressor.spec()["ratio"] == 4 and streaming is not a
+    assert Engine.shared(lm, compressor="streaming", compressor_options={"ratio": 4}, cache_dir=tmp_path / "a") \
+        is streaming
+    with pytest.raises(ValueError, match="ratio applies to compressing methods"):
+        Engine.shared(lm, ratio=4, cache_dir=tmp_path / "a")
 
 
 def test_stream_in_thread_yields_deltas_then_the_generation(tiny_models, tmp_path):

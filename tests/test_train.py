@@ -80,6 +80,16 @@ def test_loss_decreases_and_only_plugin_changes(tmp_path, lm, examples):
     evals = [r for r in records if "eval_compressed" in r]
     assert evals[-1]["eval_compressed"] < evals[0]["eval_compressed"]
     assert all("eval_full" in r and "eval_none" in r for r in evals)
+    last = evals[-1]
+    assert set(last["eval_gap_recovered_by_task"]) == set(last["eval_by_task"]) == {"passkey"}
+    full, none = last["eval_full_by_task"]["passkey"], last["eval_none_by_task"]["passkey"]
+    assert last["eval_gap_recovered_by_task"]["passkey"] == pytest.approx(
+        (none - last["eval_by_task"]["passkey"]) / (none - full))
+    # The learning-curve PNG of issue 5 is drawn from this log.
+    from beacon_rag.bench.training_curve import plot
+
+    png = plot(tmp_path / "log.jsonl", tmp_path / "curve.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 def test_resume_matches_uninterrupted_run(tmp_path, lm, examples):

@@ -425,10 +425,19 @@ class Trainer:
             "eval_none": sum(r["none"] for r in self._eval_refs) / len(examples),
             "eval_ratio": self.config.eval_ratio,
         }
-        per_task: dict[str, list[float]] = {}
-        for e, loss in zip(examples, compressed):
-            per_task.setdefault(e.task, []).append(loss)
-        result["eval_by_task"] = {t: sum(v) / len(v) for t, v in per_task.items()}
+        # Per task too: the mean hides a plug-in that learns the QA answer template (a large loss drop)
+        # while LM continuation stays at the no-context level; the share of the none-to-full gap
+        # recovered per task is the figure the quality bench reports.
+        per_task: dict[str, list[tuple[float, float, float]]] = {}
+        for e, loss, ref in zip(examples, compressed, self._eval_refs):
+            per_task.setdefault(e.task, []).append((loss, ref["full"], ref["none"]))
+        means = {t: [sum(column) / len(rows) for column in zip(*rows)] for t, rows in per_task.items()}
+        result["eval_by_task"] = {t: m[0] for t, m in means.items()}
+        result["eval_full_by_task"] = {t: m[1] for t, m in means.items()}
+        result["eval_none_by_task"] = {t: m[2] for t, m in means.items()}
+        result["eval_gap_recovered_by_task"] = {
+            t: (m[2] - m[0]) / (m[2] - m[1]) if abs(m[2] - m[1]) > 1e-6 else None for t, m in means.items()
+        }
         self._last_eval = result
         return result
 

@@ -28,18 +28,31 @@ def plot(log: str | Path, out: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = read_log(log)
-    fig, (train_ax, eval_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    evals = [s for s, r in rows.items() if "eval_compressed" in r]
+    # Logs written since per-task references were recorded get a third panel: the gap per task.
+    gaps = [s for s in evals if rows[s].get("eval_gap_recovered_by_task")]
+    fig, axes = plt.subplots(1, 3 if gaps else 2, figsize=(16 if gaps else 11, 4))
+    train_ax, eval_ax = axes[0], axes[1]
     steps = [s for s, r in rows.items() if "loss" in r]
     train_ax.plot(steps, [rows[s]["loss"] for s in steps], lw=0.8, label="total")
     train_ax.plot(steps, [rows[s].get("lm_loss", float("nan")) for s in steps], lw=0.8, label="next-token")
+    if any("raw_loss" in rows[s] for s in steps):
+        train_ax.plot(steps, [rows[s].get("raw_loss", float("nan")) for s in steps], lw=0.8, label="raw-token")
     train_ax.set(title="training loss (per step)", xlabel="step", ylabel="loss")
     train_ax.legend()
-    evals = [s for s, r in rows.items() if "eval_compressed" in r]
     for name, label in [("eval_compressed", "compressed context"), ("eval_full", "full context"),
                         ("eval_none", "no context")]:
         eval_ax.plot(evals, [rows[s][name] for s in evals], marker="o", label=label)
     eval_ax.set(title="held-out target loss (ratio 4)", xlabel="step", ylabel="loss")
     eval_ax.legend()
+    if gaps:
+        gap_ax = axes[2]
+        for task in rows[gaps[-1]]["eval_gap_recovered_by_task"]:
+            values = [rows[s]["eval_gap_recovered_by_task"].get(task) for s in gaps]
+            gap_ax.plot(gaps, [float("nan") if v is None else v for v in values], marker="o", label=task)
+        gap_ax.axhline(0, color="grey", lw=0.6)
+        gap_ax.set(title="share of the no-context -> full gap recovered", xlabel="step")
+        gap_ax.legend()
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=110)

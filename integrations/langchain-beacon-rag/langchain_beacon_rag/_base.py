@@ -23,25 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from langchain_beacon_rag.messages import DocumentRegistry
 
 
-def shared_engine(
-    model: str | None,
-    compressor: str,
-    ratio: int | str | None,
-    placement: str,
-    cache_dir: str | None,
-    persist: bool,
-    compressor_options: dict[str, Any] | None = None,
-) -> Engine:
-    """One engine per configuration per process (the model itself is shared by ``load_model``)."""
-    options = dict(compressor_options or {})
-    if ratio is not None:
-        if compressor == "exact":
-            raise ValueError("ratio applies to compressing methods (compressor='beacon'), not 'exact'")
-        options["ratio"] = ratio
-    return Engine.shared(model, compressor=compressor, compressor_options=options, placement=placement,
-                         cache_dir=cache_dir, persist=persist)
-
-
 def usage_metadata(generation: Generation) -> dict[str, Any]:
     """LangChain's ``UsageMetadata``: cache_read / cache_creation are the engine's real KV reuse."""
     usage = generation.usage
@@ -149,8 +130,9 @@ class BeaconRAGParams(BaseModel):
 
     def engine_for(self, model: str | None) -> Engine:
         """The engine for a per-call ``model`` override (same settings otherwise)."""
-        return shared_engine(model or self.model, self.compressor, self.ratio, self.placement, self.cache_dir,
-                             self.persist, self.compressor_options)
+        return Engine.shared(model or self.model, compressor=self.compressor, ratio=self.ratio,
+                             compressor_options=dict(self.compressor_options or {}), placement=self.placement,
+                             cache_dir=self.cache_dir, persist=self.persist)
 
     @property
     def model_name(self) -> str:
