@@ -59,10 +59,9 @@ from beacon_rag.bench.quality import (
     QAExample,
     answer_correct,
     build_compressor,
+    coded_documents,
     continuation_loss,
-    filler,
     gap_recovered,
-    insert_at_depth,
     make_examples,
 )
 from beacon_rag.compressors.exact import ExactCompressor
@@ -115,11 +114,7 @@ def make_shared_examples(lm: LoadedModel, contexts: int, context_tokens: int, do
     for _ in range(contexts):
         places = rng.sample(PLACES, docs)
         codes = [str(c) for c in rng.sample(range(1000, 10000), docs)]
-        documents = []
-        for place, code in zip(places, codes):
-            fact = f"The access code for {place} is {code}."
-            body = filler(lm, rng, max(per - len(lm.encode(fact)), 0))
-            documents.append(insert_at_depth(body, fact, rng.random()))
+        documents = coded_documents(lm, rng, places, codes, per)
         for target in rng.sample(range(docs), docs):  # ask in an order unrelated to the layout
             question = f"What is the access code for {places[target]}?"
             examples.append(QAExample(rag_messages(question, documents), rag_messages(question, []), codes[target],

@@ -43,6 +43,7 @@ import math
 import random
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,6 +167,18 @@ def make_passkey_examples(lm: LoadedModel, count: int, context_tokens: int, seed
     return examples
 
 
+def coded_documents(lm: LoadedModel, rng: random.Random, places: Sequence[str], codes: Sequence[str],
+                    tokens_each: int) -> list[str]:
+    """One document per place: filler text of about ``tokens_each`` tokens with the place's access
+    code hidden at a random depth (the fact every multi-document QA task asks about)."""
+    documents = []
+    for place, code in zip(places, codes):
+        fact = f"The access code for {place} is {code}."
+        body = filler(lm, rng, max(tokens_each - len(lm.encode(fact)), 0))
+        documents.append(insert_at_depth(body, fact, rng.random()))
+    return documents
+
+
 def make_rag_examples(
     lm: LoadedModel, count: int, context_tokens: int, docs: int = 3, seed: int = 0
 ) -> list[QAExample]:
@@ -178,11 +191,7 @@ def make_rag_examples(
     for _ in range(count):
         places = rng.sample(PLACES, docs)
         codes = _codes(rng, docs, 4)
-        documents = []
-        for place, code in zip(places, codes):
-            fact = f"The access code for {place} is {code}."
-            body = filler(lm, rng, max(per - len(lm.encode(fact)), 0))
-            documents.append(insert_at_depth(body, fact, rng.random()))
+        documents = coded_documents(lm, rng, places, codes, per)
         target = rng.randrange(docs)
         question = f"What is the access code for {places[target]}?"
         examples.append(QAExample(rag_messages(question, documents), rag_messages(question, []), codes[target],
