@@ -42,29 +42,6 @@ logger = logging.getLogger(__name__)
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct (embedded)"
 
-def shared_engine(
-    model: str | None,
-    compressor: str,
-    ratio: int | str | None,
-    placement: str,
-    cache_dir: str | None,
-    persist: bool,
-    compressor_options: dict[str, Any] | None = None,
-) -> Engine:
-    """One engine per configuration per process (the model itself is shared by ``load_model``).
-
-    ``$BEACON_RAG_CACHE_DIR`` is part of the key when no folder is given, because the engine
-    resolves it when built: a test or a notebook that points it elsewhere gets a fresh engine.
-    """
-    options = dict(compressor_options or {})
-    if ratio is not None:
-        if compressor == "exact":
-            raise ValueError("ratio applies to compressing methods (compressor='beacon'), not 'exact'")
-        options["ratio"] = ratio
-    return Engine.shared(model, compressor=compressor, compressor_options=options, placement=placement,
-                         cache_dir=cache_dir, persist=persist)
-
-
 def usage_of(generation: Generation) -> dict[str, Any]:
     """Usage under the names LlamaIndex users and its ``TokenCountingHandler`` look for.
 
@@ -169,8 +146,9 @@ class BeaconRAG(CustomLLM):
     @property
     def engine(self) -> Engine:
         """The shared engine of this configuration; built (and the model loaded) on first use."""
-        return shared_engine(self.model, self.compressor, self.ratio, self.placement, self.cache_dir,
-                             self.persist, self.compressor_options)
+        return Engine.shared(self.model, compressor=self.compressor, ratio=self.ratio,
+                             compressor_options=dict(self.compressor_options or {}), placement=self.placement,
+                             cache_dir=self.cache_dir, persist=self.persist)
 
     @property
     def model_name(self) -> str:
