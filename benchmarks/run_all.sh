@@ -4,8 +4,8 @@
 # README results section. Records its own duration in <results>/run_all.json.
 #
 #   bash benchmarks/run_all.sh                 # full setting: benchmarks/results, benchmarks/plots, README.md
-#   bash benchmarks/run_all.sh --medium        # contexts to 4K (not 8K), fewer queries: the full setting's
-#                                              # 8K points take over an hour on a loaded 2-core machine
+#   bash benchmarks/run_all.sh --medium        # contexts to 4K (not 8K), fewer queries (the full setting
+#                                              # with --with-peers took 84 min on one core of a 2-core CPU)
 #   bash benchmarks/run_all.sh --small         # CI setting (minutes), into a fresh temp folder, README untouched
 #   options: --results DIR  --plots DIR  --readme FILE | --no-readme  --with-peers (PEERS_ARGS=... passed on)
 set -euo pipefail
