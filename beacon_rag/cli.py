@@ -8,8 +8,9 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from beacon_rag.compressors import compressor_options, parse_ratio
 from beacon_rag.documents import Document, DocumentError, read_documents, sample_documents_dir
@@ -41,9 +42,9 @@ def build_engine(args: argparse.Namespace, **overrides: Any) -> Any:
     from beacon_rag.engine import Engine
 
     options = compressor_options(args.ratio, args.window)
-    kwargs: dict[str, Any] = dict(compressor=args.compressor, compressor_options=options, placement=args.placement,
-                                  repair_tokens=args.repair_tokens, cache_dir=args.cache_dir,
-                                  redis_url=getattr(args, "redis_url", None))
+    kwargs: dict[str, Any] = {"compressor": args.compressor, "compressor_options": options,
+                              "placement": args.placement, "repair_tokens": args.repair_tokens,
+                              "cache_dir": args.cache_dir, "redis_url": getattr(args, "redis_url", None)}
     kwargs.update(overrides)
     try:
         return Engine(args.model, **kwargs)
@@ -230,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         scaling,
         soak,
         throughput,
+        train_speed,
         ttft,
     )
 
@@ -245,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("throughput", throughput, "queries per second on a Zipf stream of RAG queries, hit rate, TTFT p50/p95"),
         ("report", report, "plots and the README results section from benchmarks/results/*.json"),
         ("soak", soak, "RAM and disk tiers under a long random workload: budgets, LRU, integrity"),
+        ("train-speed", train_speed, "beacon training tokens/s by batch size (per-launch overhead with --narrow)"),
     ]:
         bench_parser = bench_sub.add_parser(name, help=summary)
         module.add_arguments(bench_parser)

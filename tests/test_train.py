@@ -109,6 +109,16 @@ def test_resume_matches_uninterrupted_run(tmp_path, lm, examples):
     assert steps[-1] == 12
 
 
+def test_time_limit_stops_with_a_checkpoint_and_resumes(tmp_path, lm, examples):
+    cfg = config(tmp_path / "t", steps=12, checkpoint_every=5)
+    first = trainer(cfg, lm, examples)
+    last = first.run(progress=False, time_limit=0.0)  # out of time after the first step
+    assert first.step == 1 and last.name.endswith("-1") and (last / "plugin").is_dir()
+    resumed = trainer(config(tmp_path / "t", steps=12, checkpoint_every=5), lm, examples)
+    resumed.run(progress=False, time_limit=3600)
+    assert resumed.step == 12
+
+
 def test_schedule_warms_up_then_decays():
     cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0, cfg) == pytest.approx(0.1)
@@ -187,14 +197,16 @@ def test_cli_arguments_build_the_config():
     add_arguments(parser)
     args = parser.parse_args(["--steps", "7", "--ratios", "2,8", "--low-rank", "0", "--context-tokens", "64,128",
                               "--tasks", '{"passkey": 1}', "--distill-weight", "0.3", "--no-resume",
-                              "--raw-loss-weight", "0.5", "--init-plugin", "some/plugin"])
+                              "--raw-loss-weight", "0.5", "--init-plugin", "some/plugin", "--batch-size", "4"])
     cfg = config_from_args(args)
     assert (cfg.steps, cfg.ratios, cfg.low_rank, cfg.context_tokens) == (7, (2, 8), None, (64, 128))
     assert cfg.tasks == {"passkey": 1} and cfg.distill_weight == 0.3 and cfg.resume is False
-    assert cfg.raw_loss_weight == 0.5 and cfg.init_plugin == "some/plugin"
+    assert cfg.raw_loss_weight == 0.5 and cfg.init_plugin == "some/plugin" and cfg.batch_size == 4
     assert TrainConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
     with pytest.raises(ValueError):
         TrainConfig(window=100, ratios=(8,)).check()
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0).check()
 
 
 def test_raw_token_loss_with_ratio_zero_is_the_plain_models_loss(lm, examples):
@@ -275,3 +287,103 @@ def test_gradient_checkpointing_gives_the_same_gradients(lm, examples):
     assert any(g.abs().sum() > 0 for n, g in plain.items() if "lora_A" in n)
     # The trainer accepts the flag (it used to refuse it) and trains with it.
     TrainConfig(gradient_checkpointing=True).check()
+
+
+def _perturbed_plugin(lm, seed: int = 0) -> BeaconPlugin:
+    """A low-rank plug-in whose beacon projections differ from the base (B != 0), as after training."""
+    plugin = BeaconPlugin.from_model(lm, low_rank=4, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in plugin.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    return plugin
+
+
+def test_batched_window_loop_equals_one_row_at_a_time(lm, examples):
+    from beacon_rag.beacon.compress import compress_rows
+
+    plugin = _perturbed_plugin(lm)
+    rows = [examples[0].context_ids, examples[1].context_ids]
+    assert len(rows[0]) == len(rows[1]) and rows[0] != rows[1]
+    keys, values, _, beacons = compress_rows(lm, plugin, torch.tensor(rows), ([], []), 0, window=16, ratio=4,
+                                             sink=1)
+    for row, ids in enumerate(rows):
+        single = compress_segment(lm, plugin, ids, KVContext(lm), window=16, ratio=4, sink=1)
+        assert keys[:, row].shape == single.keys.shape
+        torch.testing.assert_close(keys[:, row], single.keys, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(values[:, row], single.values, atol=1e-5, rtol=1e-4)
+        assert single.info["beacons"] == beacons
+
+
+def test_batch_losses_equal_the_mean_of_single_examples_and_their_gradients(lm, examples):
+    from beacon_rag.beacon.train import batch_losses, example_losses
+
+    plugin = _perturbed_plugin(lm, seed=1).requires_grad_(True)
+    lm_text = make_task_examples(lm, "lm", "train", 1, 56, seed=3)  # same length, no prompt, longer continuation
+    other_length = make_task_examples(lm, "fact", "train", 2, 56, seed=3)[1]  # a second group
+    batch = [examples[0], lm_text[0], examples[1], other_length]
+    assert len({len(e.context_ids) for e in batch}) == 2
+    assert len({len(e.continuation_ids) for e in batch if len(e.context_ids) == 56}) == 2  # padding is exercised
+    options = {"window": 16, "ratio": 4, "distill_weight": 0.5, "raw_weight": 1.0}
+
+    def gradients(loss):
+        plugin.zero_grad(set_to_none=True)
+        loss.backward()
+        return [p.grad.clone() for p in plugin.parameters()]
+
+    batched = batch_losses(lm, plugin, batch, **options)
+    batched_grads = gradients(batched["loss"])
+    singles = [example_losses(lm, plugin, e, **options) for e in batch]
+    single_grads = gradients(sum(s["loss"] for s in singles) / len(batch))
+    for key in ("lm", "distill", "raw", "loss"):
+        expected = sum(s[key].item() for s in singles) / len(batch)
+        assert batched[key].item() == pytest.approx(expected, rel=1e-5), key
+    for a, b in zip(batched_grads, single_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_training_batches_share_one_exact_context_length(lm):
+    from beacon_rag.beacon.data import Mixture
+
+    data = TrainingData(lm, "train", 5, Mixture(context_tokens=(300, 400), target_tokens=8))
+    batch = data.batch(3, 8)
+    assert len(batch) == 8 and len({len(e.context_ids) for e in batch}) == 1
+    assert 300 <= len(batch[0].context_ids) <= 400
+    assert [e.context_ids for e in data.batch(3, 8)] == [e.context_ids for e in batch]  # a function of the index
+    assert batch[0].context_ids != data.batch(4, 8)[0].context_ids
+    # Every task builds exactly the length asked for (multi-document and multi-turn included).
+    for task in ("passkey", "kv", "fact", "multidoc", "multiturn", "lm"):
+        assert {len(e.context_ids) for e in make_task_examples(lm, task, "train", 3, 300, seed=4)} == {300}, task
+
+
+def test_trainer_with_batches(tmp_path, lm):
+    from beacon_rag.beacon.data import Mixture
+
+    cfg = config(tmp_path, steps=2, batch_size=3, context_tokens=(300, 300), eval_every=0, raw_loss_weight=1.0)
+    t = Trainer(cfg, lm=lm, data=TrainingData(lm, "train", 0, Mixture(context_tokens=(300, 300), target_tokens=8)))
+    before = {name: p.detach().clone() for name, p in t.plugin.state_dict().items()}
+    t.run(progress=False)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    batch = t.data.batch(0, 3)
+    assert records[0]["step_tokens"] == sum(e.tokens for e in batch)
+    assert all(record["loss"] == record["loss"] and record["loss"] > 0 for record in records)  # finite, not NaN
+    assert any(not torch.equal(before[name], p) for name, p in t.plugin.state_dict().items())
+
+
+def test_train_speed_bench_measures_every_batch_size(embedded):
+    import argparse
+
+    from beacon_rag.bench import train_speed
+
+    parser = argparse.ArgumentParser()
+    train_speed.add_arguments(parser)
+    args = parser.parse_args(["--narrow", "--batch-sizes", "1,2", "--context-tokens", "64", "--window", "16",
+                              "--steps", "1", "--warmup", "0", "--threads", "1", "--no-save"])
+    result = train_speed.run(args)
+    assert [row["batch_size"] for row in result["rows"]] == [1, 2]
+    assert result["rows"][0]["speedup_vs_first"] == 1.0
+    assert all(row["tokens_per_s"] > 0 and row["seconds_per_step"] > 0 for row in result["rows"])
+    assert result["model"].endswith("-narrow") and result["setting"]["context_tokens"] == 64
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--batch-sizes", "0,2"])

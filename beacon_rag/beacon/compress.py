@@ -244,9 +244,9 @@ def check_fit(lm: LoadedModel, plugin: BeaconPlugin, peak: int) -> None:
 
 
 def _heads(flat: torch.Tensor, rows: torch.Tensor, lm: LoadedModel) -> torch.Tensor:
-    """[1, T, kv_heads*dim] projection output, selected rows -> [kv_heads, rows, dim]."""
-    picked = flat[0].index_select(0, rows)
-    return picked.view(picked.shape[0], lm.num_kv_heads, lm.head_dim).transpose(0, 1)
+    """[B, T, kv_heads*dim] projection output, selected rows -> [B, kv_heads, rows, dim]."""
+    picked = flat.index_select(1, rows)
+    return picked.view(picked.shape[0], picked.shape[1], lm.num_kv_heads, lm.head_dim).transpose(1, 2)
 
 
 def _window_step(
@@ -265,7 +265,8 @@ def _window_step(
 
     Pure (memory in, memory out; hooks entered and left inside) so that gradient checkpointing can
     run it again during backward, when ``compress_segment`` and its hooks are long gone.
-    Returns: the raw tokens' final hidden states, the kept rows' pre-RoPE keys (one tensor per
+    Every tensor has the batch axis first (rows of one batch share the window layout). Returns:
+    the raw tokens' final hidden states, the kept rows' pre-RoPE keys (one tensor per
     layer) and values, and, unless this is the last window, the next window's memory: the window's
     raw entries dropped and what is kept placed at packed positions (``ratio == 0`` keeps
     everything where the forward put it).
@@ -275,7 +276,7 @@ def _window_step(
     with _BeaconRouting(lm, plugin) as routing:
         routing.set_mask(is_beacon)
         out = lm.model.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
-    hidden = out.last_hidden_state[0].index_select(0, raw_positions)
+    hidden = out.last_hidden_state.index_select(1, raw_positions)
     kept_keys = [_heads(routing.keys[layer], keep, lm) for layer in range(layers)]
     kept_values = [_heads(routing.values[layer], keep, lm) for layer in range(layers)]
     if not grow_memory:
@@ -285,8 +286,8 @@ def _window_step(
         next_values = [cache.layers[layer].values for layer in range(layers)]
     else:
         cos, sin = rotary_tables(lm, memory, int(keep.numel()))
-        next_keys = [rotate(k, cos, sin)[None] for k in kept_keys]
-        next_values = [v[None] for v in kept_values]
+        next_keys = [rotate(k, cos, sin) for k in kept_keys]
+        next_values = list(kept_values)
         if memory_tensors:
             next_keys = [torch.cat([m, k], dim=2) for m, k in zip(memory_tensors[:layers], next_keys)]
             next_values = [torch.cat([m, v], dim=2) for m, v in zip(memory_tensors[layers:], next_values)]
@@ -313,11 +314,10 @@ def compress_segment(
     the plug-in's parameters through the cached beacon K/V of earlier windows), which is what
     training needs, and leaves the tensors on the model's device.
 
-    ``on_window(start, end, hidden)`` is called after each window's forward with the final hidden
-    states (after the model's last norm) of that window's raw tokens ``token_ids[start:end]``, in
-    order. The trainer uses it for the paper's raw-token loss: those tokens saw every earlier window
-    only through its beacons, so their next-token loss is what teaches the beacons; inference
-    passes nothing and pays nothing.
+    ``on_window(start, end, hidden)`` is called after each window with the final hidden states of
+    its raw tokens ``token_ids[start:end]`` (``[1, end - start, hidden]``, in the autograd graph when
+    ``grad``): the paper's training scores every raw token there, where it sees earlier windows only
+    through their beacons. Inference passes nothing and pays nothing.
 
     ``checkpoint=True`` (with ``grad``) is gradient checkpointing at window granularity: each
     window's activations are dropped after its forward and recomputed during backward from the
@@ -325,21 +325,59 @@ def compress_segment(
     forward for activation memory that no longer grows with the number of windows times layers.
     """
     validate(window, ratio, sink)
-    n, context_length = len(token_ids), context.length
+    n = len(token_ids)
     if n == 0:
         empty = torch.empty(lm.num_layers, lm.num_kv_heads, 0, lm.head_dim, dtype=lm.dtype)
         return CompressedKV(empty, empty.clone(), raw_tokens=0, info=_info(window, ratio, 0, 0))
+    ids = torch.tensor([token_ids], dtype=torch.long, device=lm.device)
+    keys, values, sink_kept, beacons = compress_rows(
+        lm, plugin, ids, context.layer_tensors(), context.length, window=window, ratio=ratio, sink=sink,
+        grad=grad, on_window=on_window, checkpoint=checkpoint,
+    )
+    keys, values = keys[:, 0], values[:, 0]
+    if not grad:
+        keys, values = keys.cpu(), values.cpu()
+    logger.debug("beacon-compressed %d tokens into %d slots (ratio %s, window %d, sink %d)",
+                 n, keys.shape[2], ratio, window, sink_kept)
+    return CompressedKV(keys, values, raw_tokens=n, info=_info(window, ratio, sink_kept, beacons))
+
+
+def compress_rows(
+    lm: LoadedModel,
+    plugin: BeaconPlugin,
+    ids: torch.Tensor,
+    memory_tensors: tuple[list[torch.Tensor], list[torch.Tensor]],
+    context_length: int,
+    *,
+    window: int,
+    ratio: int,
+    sink: int = 0,
+    grad: bool = False,
+    on_window: WindowHook | None = None,
+    checkpoint: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """The window loop over a batch: ``ids`` is ``[B, n]``, every row of the same length.
+
+    Rows of equal length share the window layout, so one forward per window serves the whole
+    batch: training on a GPU is bound by the number of kernel launches per window, not by the
+    model's arithmetic, and a batch of B rows costs about the launches of one. ``memory_tensors``
+    are the per-layer rotated keys and values of what precedes (``[B, heads, slots, dim]``; empty
+    lists for nothing) and ``context_length`` their slot count. Returns keys and values as
+    ``[layers, B, kv_heads, slots, head_dim]`` (pre-RoPE, on the model's device), the sink slots
+    kept and the beacon count. ``compress_segment`` is the one-row case with its checks.
+    """
+    validate(window, ratio, sink)
+    rows, n = ids.shape
     check_fit(lm, plugin, peak_positions(n, window, ratio, sink, context_length))
     device = lm.device
     embed_tokens = lm.model.model.embed_tokens
-    ids = torch.tensor(token_ids, dtype=torch.long, device=device)
     kept_keys: list[list[torch.Tensor]] = [[] for _ in range(lm.num_layers)]
     kept_values: list[list[torch.Tensor]] = [[] for _ in range(lm.num_layers)]
     sink_kept = 0
     layers = lm.num_layers
     mode = torch.enable_grad() if grad else torch.inference_mode()
     with lm.lock, mode:
-        memory_keys, memory_values = context.layer_tensors()
+        memory_keys, memory_values = memory_tensors
         memory = context_length
         windows = list(_windows(n, window))
         for number, (start, end) in enumerate(windows):
@@ -352,7 +390,8 @@ def compress_segment(
             beacon_positions = torch.nonzero(is_beacon).flatten()
             source = torch.full((len(layout),), raw, dtype=torch.long, device=device)
             source[raw_positions] = torch.arange(raw, device=device)
-            table = torch.cat([embed_tokens(ids[start:end]), plugin.beacon_embed.to(lm.dtype)])
+            beacon_embed = plugin.beacon_embed.to(lm.dtype)[None].expand(rows, -1, -1)
+            table = torch.cat([embed_tokens(ids[:, start:end]), beacon_embed], dim=1)
             if ratio == 0:
                 keep = torch.arange(len(layout), device=device)
             else:
@@ -363,7 +402,7 @@ def compress_segment(
                 _window_step, lm, plugin, is_beacon, raw_positions, keep, memory, ratio,
                 number + 1 < len(windows),  # the last window's memory is never attended to
             )
-            inputs = (table[source][None], *memory_keys, *memory_values)
+            inputs = (table[:, source], *memory_keys, *memory_values)
             if grad and checkpoint:
                 outputs = torch.utils.checkpoint.checkpoint(step, *inputs, use_reentrant=False)
             else:
@@ -377,14 +416,10 @@ def compress_segment(
             if len(rest) > 2 * layers:
                 memory_keys, memory_values = list(rest[2 * layers : 3 * layers]), list(rest[3 * layers :])
             memory += int(keep.numel())
-        keys = torch.stack([torch.cat(chunks, dim=1) for chunks in kept_keys])
-        values = torch.stack([torch.cat(chunks, dim=1) for chunks in kept_values])
-    if not grad:
-        keys, values = keys.cpu(), values.cpu()
+        keys = torch.stack([torch.cat(chunks, dim=2) for chunks in kept_keys])
+        values = torch.stack([torch.cat(chunks, dim=2) for chunks in kept_values])
     beacons = memory - context_length - sink_kept if ratio else 0
-    logger.debug("beacon-compressed %d tokens into %d slots (ratio %s, window %d, sink %d)",
-                 n, keys.shape[2], ratio, window, sink_kept)
-    return CompressedKV(keys, values, raw_tokens=n, info=_info(window, ratio, sink_kept, beacons))
+    return keys, values, sink_kept, beacons
 
 
 def _info(window: int, ratio: int, sink_kept: int, beacons: int) -> dict[str, Any]:

@@ -220,10 +220,12 @@ class TaskBuilder:
         facts = [self._fact(rng, name) for name in names]
         heads = [self.lm.encode(f"{'' if i == 0 else chr(10) * 2}Document {i + 1}:\n") for i in range(count)]
         needles = [self.lm.encode("\n" + f[0] + "\n") for f in facts]
-        per = max(self._budget(context_tokens, *heads, *needles) // count, 0)
+        budget = self._budget(context_tokens, *heads, *needles)
+        per = max(budget // count, 0)
         body: list[int] = []
-        for head, needle in zip(heads, needles):
-            body += head + self._hide(rng, per, [needle])
+        for i, (head, needle) in enumerate(zip(heads, needles)):
+            extra = max(budget - per * count, 0) if i == count - 1 else 0  # the rounding, so lengths are exact
+            body += head + self._hide(rng, per + extra, [needle])
         pick = rng.randrange(count)
         _stmt, question, answer_text, answer = facts[pick]
         return self._qa("multidoc", body, question, answer_text, answer, {"document": pick + 1})
@@ -247,7 +249,9 @@ class TaskBuilder:
                 user += self.lm.encode(f"\nAlso, remember my code word: {code}.")
             ids += user
             ids += self.lm.encode(glue[2 * turn + 1])
-            ids += _filler(self.stream, rng, per)
+            # The last reply takes up what the per-turn rounding left, so the length is as asked.
+            short = context_tokens - len(ids) - per
+            ids += _filler(self.stream, rng, per + (max(short, 0) if turn == turns - 1 else 0))
         prompt = self.lm.encode(glue[2 * turns] + "What was the code word I asked you to remember?"
                                 + glue[2 * turns + 1])
         target = self.lm.encode(f"Your code word is {code}.") + self.end_ids
@@ -326,9 +330,23 @@ class TrainingData:
             raise ValueError(f"unknown tasks in mixture: {sorted(unknown)}")
         self.builder = builder(lm, split)
 
+    def _task(self, rng: random.Random) -> str:
+        tasks = sorted(self.mixture.weights)
+        return rng.choices(tasks, weights=[self.mixture.weights[t] for t in tasks])[0]
+
     def __getitem__(self, index: int) -> Example:
         rng = _rng(self.seed, self.split, index, "mix")
-        tasks = sorted(self.mixture.weights)
-        task = rng.choices(tasks, weights=[self.mixture.weights[t] for t in tasks])[0]
+        task = self._task(rng)
         low, high = self.mixture.context_tokens
         return self.builder.build(task, rng, rng.randint(low, high), self.mixture.target_tokens)
+
+    def batch(self, index: int, size: int) -> list[Example]:
+        """Batch ``index``: ``size`` examples of mixed tasks sharing one drawn context length.
+
+        One length per batch lets the rows share the beacon window loop (``batch_losses``); every
+        task builds its context to exactly the requested length.
+        """
+        rng = _rng(self.seed, self.split, index, f"batch|{size}")
+        low, high = self.mixture.context_tokens
+        length = rng.randint(low, high)
+        return [self.builder.build(self._task(rng), rng, length, self.mixture.target_tokens) for _ in range(size)]

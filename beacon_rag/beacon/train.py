@@ -3,7 +3,7 @@
 One step, as inference will use the plug-in:
 
 1. the example's context runs through the beacon window loop WITH gradients
-   (``compress_segment(..., grad=True)``: beacon rows use the plug-in's projections, and every later
+   (``compress_rows(..., grad=True)``: beacon rows use the plug-in's projections, and every later
    window attends to the earlier windows' beacon K/V, so gradients reach the plug-in through them);
    the compression ratio is drawn per step from ``ratios``;
 2. the continuation (question + answer, or the text that follows) runs through the PLAIN model
@@ -21,7 +21,7 @@ functions of (seed, i/k), so resuming from a checkpoint (plug-in, optimizer, sch
 state) continues exactly as an uninterrupted run would.
 
 Gradient checkpointing (``gradient_checkpointing``) works at window granularity inside
-``compress_segment``: each window is a pure function of its embeddings and the memory before it,
+``compress_rows``: each window is a pure function of its embeddings and the memory before it,
 so backward can recompute it; the short continuation forward is not checkpointed.
 """
 
@@ -43,10 +43,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from beacon_rag.beacon.compress import compress_segment, validate
+from beacon_rag.beacon.compress import compress_rows, validate
 from beacon_rag.beacon.data import Example, Mixture, TrainingData, make_task_examples
 from beacon_rag.beacon.plugin import BeaconPlugin
-from beacon_rag.kv import KVContext
+from beacon_rag.kv import cache_from_layers, rotary_tables, rotate
 from beacon_rag.models import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,9 @@ class TrainConfig:
     seed: int = 0
     steps: int = 1000
     grad_accum: int = 1
+    # Examples per forward: one context length is drawn per batch, so the rows share the window
+    # loop. 1 keeps the example stream of runs made before batching existed.
+    batch_size: int = 1
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 20
@@ -111,8 +114,8 @@ class TrainConfig:
             raise ValueError("ratios must not be empty")
         for ratio in self.ratios:
             validate(self.window, ratio, self.sink)
-        if self.steps < 1 or self.grad_accum < 1:
-            raise ValueError("steps and grad_accum must be >= 1")
+        if self.steps < 1 or self.grad_accum < 1 or self.batch_size < 1:
+            raise ValueError("steps, grad_accum and batch_size must be >= 1")
         low, high = self.context_tokens
         if not 16 <= low <= high:
             raise ValueError(f"context_tokens must be (low, high) with 16 <= low <= high, got {self.context_tokens}")
@@ -162,12 +165,20 @@ def load_state(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, 
 
 
 # ---------------------------------------------------------------------------- losses
-def _continuation_logits(lm: LoadedModel, memory: KVContext, continuation: list[int]) -> torch.Tensor:
-    """Logits of ``continuation`` run through the plain model after ``memory`` (placed at 0..n-1)."""
-    cache = memory.to_cache()
-    ids = torch.tensor([continuation], device=lm.device)
-    out = lm.model(input_ids=ids, past_key_values=cache, use_cache=True)
-    return out.logits[0].float()
+def _memory_cache(lm: LoadedModel, keys: torch.Tensor, values: torch.Tensor) -> Any:
+    """A cache of compressed ``[layers, B, heads, slots, dim]`` pre-RoPE K/V at positions ``0..slots-1``.
+
+    The same placement as ``KVContext.append`` + ``to_cache`` (the engine's), for a batch of rows.
+    """
+    cos, sin = rotary_tables(lm, 0, keys.shape[3])
+    return cache_from_layers([rotate(k, cos, sin) for k in keys], list(values))
+
+
+def _padded(rows: list[list[int]], device: Any) -> torch.Tensor:
+    """Right-padded ids. Causal attention never lets a real token see the padding after it, and
+    positions count from the left, so no attention mask is needed and real tokens' logits are exact."""
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
 
 
 def _target_slice(example: Example) -> tuple[slice, torch.Tensor]:
@@ -188,10 +199,24 @@ def example_losses(lm: LoadedModel, plugin: BeaconPlugin, example: Example, *, w
                    sink: int = 0, distill_weight: float = 0.0, temperature: float = 1.0,
                    raw_weight: float = 0.0, grad: bool = True,
                    checkpoint: bool = False) -> dict[str, torch.Tensor]:
-    """Loss terms of one example: ``lm`` (next-token NLL on the target), ``distill`` (KL), ``raw``, ``loss``.
+    """Loss terms of one example: ``lm`` (next-token NLL on the target), ``distill`` (KL), ``raw``, ``loss``."""
+    return batch_losses(lm, plugin, [example], window=window, ratio=ratio, sink=sink,
+                        distill_weight=distill_weight, temperature=temperature, raw_weight=raw_weight,
+                        grad=grad, checkpoint=checkpoint)
 
-    The memory is built exactly as inference builds it: ``compress_segment`` then ``KVContext.append``
-    (pre-RoPE keys rotated to positions ``0..slots-1``), then ``to_cache``.
+
+def batch_losses(lm: LoadedModel, plugin: BeaconPlugin, examples: list[Example], *, window: int, ratio: int,
+                 sink: int = 0, distill_weight: float = 0.0, temperature: float = 1.0,
+                 raw_weight: float = 0.0, grad: bool = True,
+                 checkpoint: bool = False) -> dict[str, torch.Tensor]:
+    """Loss terms averaged over ``examples``, each example's own mean first (as gradient accumulation
+    over them one by one would give): ``lm``, ``distill``, ``raw``, ``loss``.
+
+    Examples with contexts of equal length go through the window loop together as one batch
+    (``compress_rows``); a GPU step then costs about the kernel launches of one example.
+
+    The memory is built exactly as inference builds it: the beacon window loop, then the kept
+    pre-RoPE keys rotated to positions ``0..slots-1``, then a plain cache.
 
     ``raw`` (with ``raw_weight > 0``) is the paper's objective: next-token NLL of every context token
     inside the window loop, where window ``k``'s tokens see windows ``< k`` only through their
@@ -199,54 +224,87 @@ def example_losses(lm: LoadedModel, plugin: BeaconPlugin, example: Example, *, w
     the beacons from ten to twenty times more predictions: what a CPU budget of a few hundred
     thousand tokens needs.
     """
+    if not examples:
+        raise ValueError("batch_losses needs at least one example")
+    groups: dict[int, list[Example]] = {}
+    for example in examples:
+        groups.setdefault(len(example.context_ids), []).append(example)
+    totals: dict[str, torch.Tensor] = {}
+    for group in groups.values():
+        part = _group_losses(lm, plugin, group, window=window, ratio=ratio, sink=sink,
+                             distill_weight=distill_weight, temperature=temperature, raw_weight=raw_weight,
+                             grad=grad, checkpoint=checkpoint)
+        for key, value in part.items():
+            totals[key] = totals[key] + value * len(group) if key in totals else value * len(group)
+    return {key: value / len(examples) for key, value in totals.items()}
+
+
+def _group_losses(lm: LoadedModel, plugin: BeaconPlugin, group: list[Example], *, window: int, ratio: int,
+                  sink: int, distill_weight: float, temperature: float, raw_weight: float, grad: bool,
+                  checkpoint: bool) -> dict[str, torch.Tensor]:
+    """``batch_losses`` for examples whose contexts have the same length (one batch)."""
+    n = len(group[0].context_ids)
+    ids = torch.tensor([e.context_ids for e in group], dtype=torch.long, device=lm.device)
+    labels = torch.tensor([e.context_ids + e.continuation_ids[:1] for e in group], dtype=torch.long,
+                          device=lm.device)
     raw_sum: list[torch.Tensor] = []
-    labels = torch.tensor(example.context_ids + example.continuation_ids[:1], dtype=torch.long)
 
     def score_window(start: int, end: int, hidden: torch.Tensor) -> None:
         logits = lm.model.lm_head(hidden).float()
-        raw_sum.append(F.cross_entropy(logits, labels[start + 1 : end + 1].to(logits.device), reduction="sum"))
+        raw_sum.append(F.cross_entropy(logits.flatten(0, 1), labels[:, start + 1 : end + 1].flatten(),
+                                       reduction="sum"))
 
     with torch.set_grad_enabled(grad):
-        kv = compress_segment(lm, plugin, example.context_ids, KVContext(lm), window=window, ratio=ratio,
-                              sink=sink, grad=grad, on_window=score_window if raw_weight > 0 else None,
-                              checkpoint=checkpoint)
-        memory = KVContext(lm)
-        memory.append(kv)
-        logits = _continuation_logits(lm, memory, example.continuation_ids)
-        rows, targets = _target_slice(example)
-        student = logits[rows]
-        targets = targets.to(student.device)
-        nll = F.cross_entropy(student, targets)
-        out = {"lm": nll, "loss": nll}
-        if distill_weight > 0:
-            teacher = full_context_logits(lm, example)[rows]
-            t = temperature
-            kl = F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1),
-                          log_target=True, reduction="batchmean") * (t * t)
-            out["distill"] = kl
-            out["loss"] = out["loss"] + distill_weight * kl
+        keys, values, _, _ = compress_rows(lm, plugin, ids, ([], []), 0, window=window, ratio=ratio, sink=sink,
+                                           grad=grad, on_window=score_window if raw_weight > 0 else None,
+                                           checkpoint=checkpoint)
+        continuations = [e.continuation_ids for e in group]
+        out = lm.model(input_ids=_padded(continuations, lm.device), past_key_values=_memory_cache(lm, keys, values),
+                       use_cache=True)
+        logits = out.logits.float()
+        teacher = full_context_logits(lm, group) if distill_weight > 0 else None
+        nll, kl = [], []
+        for row, example in enumerate(group):
+            rows, targets = _target_slice(example)
+            student = logits[row, rows]
+            nll.append(F.cross_entropy(student, targets.to(student.device)))
+            if teacher is not None:
+                t = temperature
+                kl.append(F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher[row, rows] / t, -1),
+                                   log_target=True, reduction="batchmean") * (t * t))
+        out_losses = {"lm": torch.stack(nll).mean()}
+        out_losses["loss"] = out_losses["lm"]
+        if kl:
+            out_losses["distill"] = torch.stack(kl).mean()
+            out_losses["loss"] = out_losses["loss"] + distill_weight * out_losses["distill"]
         if raw_sum:
-            raw = torch.stack(raw_sum).sum() / len(example.context_ids)
-            out["raw"] = raw
-            out["loss"] = out["loss"] + raw_weight * raw
-    return out
+            out_losses["raw"] = torch.stack(raw_sum).sum() / (len(group) * n)
+            out_losses["loss"] = out_losses["loss"] + raw_weight * out_losses["raw"]
+    return out_losses
 
 
 @torch.no_grad()
-def full_context_logits(lm: LoadedModel, example: Example) -> torch.Tensor:
-    """Teacher: the base model's continuation logits with the raw, uncompressed context."""
-    ids = torch.tensor([example.context_ids + example.continuation_ids], device=lm.device)
-    logits = lm.model(input_ids=ids).logits[0, len(example.context_ids):].float()
-    return logits
+def full_context_logits(lm: LoadedModel, examples: list[Example]) -> torch.Tensor:
+    """Teacher: the base model's continuation logits with the raw, uncompressed context.
+
+    ``[B, longest continuation, vocab]`` for examples whose contexts have the same length; only
+    the continuation's logits are computed (``logits_to_keep``), not the whole context's.
+    """
+    n = len(examples[0].context_ids)
+    if any(len(e.context_ids) != n for e in examples):
+        raise ValueError("full_context_logits needs contexts of one length")
+    width = max(len(e.continuation_ids) for e in examples)
+    ids = _padded([e.context_ids + e.continuation_ids for e in examples], lm.device)
+    return lm.model(input_ids=ids, logits_to_keep=width).logits.float()
 
 
-@torch.no_grad()
 def reference_losses(lm: LoadedModel, example: Example) -> dict[str, float]:
     """Target NLL with the full (uncompressed) context and with no context at all: the two bounds."""
     rows, targets = _target_slice(example)
-    full = F.cross_entropy(full_context_logits(lm, example)[rows], targets.to(lm.device)).item()
+    full = F.cross_entropy(full_context_logits(lm, [example])[0][rows], targets.to(lm.device)).item()
     ids = torch.tensor([example.continuation_ids], device=lm.device)
-    bare = lm.model(input_ids=ids).logits[0].float()
+    with torch.no_grad():
+        bare = lm.model(input_ids=ids).logits[0].float()
     none = F.cross_entropy(bare[rows], targets.to(lm.device)).item()
     return {"full": full, "none": none}
 
@@ -389,7 +447,7 @@ class Trainer:
             f"- data: offline mixture {c.tasks} from `split_sources('train')` (Python stdlib docs), contexts "
             f"{list(c.context_tokens)} tokens, targets up to {c.target_tokens} tokens; seed {c.seed}\n"
             f"- optimizer: AdamW lr {c.lr}, warmup {c.warmup_steps}, cosine to {c.min_lr_ratio}x, grad clip "
-            f"{c.max_grad_norm}, accumulation {c.grad_accum}\n"
+            f"{c.max_grad_norm}, accumulation {c.grad_accum}, batch {c.batch_size}\n"
             f"- latest held-out eval: {json.dumps(last)}\n\n"
             "Full configuration: `train_config` below; the exact command and hardware are in "
             "`benchmarks/training/README.md`.\n\n```json\n" + json.dumps(c.to_json(), indent=1) + "\n```\n"
@@ -447,7 +505,7 @@ class Trainer:
             handle.write(json.dumps(record) + "\n")
 
     def train_step(self) -> dict[str, Any]:
-        """One optimizer step over ``grad_accum`` examples at this step's ratio."""
+        """One optimizer step over ``grad_accum`` batches of ``batch_size`` examples at this step's ratio."""
         c = self.config
         ratio = step_ratio(c, self.step)
         started = time.perf_counter()
@@ -455,15 +513,16 @@ class Trainer:
         totals = {"loss": 0.0, "lm": 0.0, "distill": 0.0, "raw": 0.0}
         tokens = 0
         for micro in range(c.grad_accum):
-            example = self.data[self.step * c.grad_accum + micro]
-            losses = example_losses(self.lm, self.plugin, example, window=c.window, ratio=ratio, sink=c.sink,
-                                    distill_weight=c.distill_weight, temperature=c.distill_temperature,
-                                    raw_weight=c.raw_loss_weight, checkpoint=c.gradient_checkpointing)
+            index = self.step * c.grad_accum + micro
+            batch = self.data.batch(index, c.batch_size) if c.batch_size > 1 else [self.data[index]]
+            losses = batch_losses(self.lm, self.plugin, batch, window=c.window, ratio=ratio, sink=c.sink,
+                                  distill_weight=c.distill_weight, temperature=c.distill_temperature,
+                                  raw_weight=c.raw_loss_weight, checkpoint=c.gradient_checkpointing)
             (losses["loss"] / c.grad_accum).backward()
             for key in totals:
                 if key in losses:
                     totals[key] += losses[key].item() / c.grad_accum
-            tokens += example.tokens
+            tokens += sum(example.tokens for example in batch)
         norm = torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
@@ -478,11 +537,13 @@ class Trainer:
                 "seconds": round(self.seconds, 3), "step_seconds": round(seconds, 3), "lr": lr,
                 "grad_norm": float(norm)}
 
-    def run(self, progress: bool = True, until: int | None = None) -> Path:
+    def run(self, progress: bool = True, until: int | None = None, time_limit: float | None = None) -> Path:
         """Train until ``config.steps`` (resuming if a checkpoint exists); return the last checkpoint.
 
         ``until`` stops earlier, after that step (checkpointing there), without changing the
-        schedule: how a run is cut into time-limited pieces (and how tests simulate an interruption).
+        schedule: how a run is cut into pieces (and how tests simulate an interruption).
+        ``time_limit`` (seconds of wall time in this call) does the same when a lease ends at a
+        clock time rather than a step: a rented GPU, a CI slot. The step in flight finishes first.
         """
         from tqdm import tqdm
 
@@ -496,6 +557,7 @@ class Trainer:
         bar = tqdm(total=c.steps, initial=self.step, desc="beacon train", disable=not progress, unit="step")
         last = None
         stop = c.steps if until is None else min(until, c.steps)
+        deadline = None if time_limit is None else time.monotonic() + time_limit
         while self.step < stop:
             record = self.train_step()
             if c.eval_every and self.step % c.eval_every == 0:
@@ -503,19 +565,25 @@ class Trainer:
             self._log(record)
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", r=record["ratio"])
-            if self.step % c.checkpoint_every == 0 or self.step == stop:
+            out_of_time = deadline is not None and time.monotonic() >= deadline
+            if self.step % c.checkpoint_every == 0 or self.step == stop or out_of_time:
                 last = self.save_checkpoint()
+            if out_of_time:
+                logger.info("time limit of %.0f s reached after step %d", time_limit, self.step)
+                break
         bar.close()
         return last or self.checkpoints()[-1]
 
 
-def train(config: TrainConfig, lm: LoadedModel | None = None, progress: bool = True) -> Path:
+def train(config: TrainConfig, lm: LoadedModel | None = None, progress: bool = True,
+          time_limit: float | None = None) -> Path:
     """Train a beacon plug-in as ``config`` says; returns the final checkpoint folder.
 
     The trained plug-in is in ``<checkpoint>/plugin`` (and in ``config.export_dir`` when set), loadable
-    with ``BeaconPlugin.load(folder, lm)``.
+    with ``BeaconPlugin.load(folder, lm)``. ``time_limit`` stops (with a checkpoint) after that many
+    seconds; calling again with the same config resumes.
     """
-    return Trainer(config, lm=lm).run(progress=progress)
+    return Trainer(config, lm=lm).run(progress=progress, time_limit=time_limit)
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -533,6 +601,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--steps", type=int, default=d.steps)
     parser.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size,
+                        help="examples per forward (one context length per batch); >1 is how a GPU gets used")
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
     parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
@@ -562,13 +632,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="stop after this many seconds of wall time, with a checkpoint (run again to resume)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     tasks = json.loads(args.tasks) if args.tasks else dict(Mixture().weights)
     return TrainConfig(
         output_dir=args.output_dir, model=args.model, dtype=args.dtype, device=args.device, seed=args.seed,
-        steps=args.steps, grad_accum=args.grad_accum, lr=args.lr, weight_decay=args.weight_decay,
+        steps=args.steps, grad_accum=args.grad_accum, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm, window=args.window,
         ratios=tuple(args.ratios), sink=args.sink, low_rank=args.low_rank or None,
         context_tokens=tuple(args.context_tokens), target_tokens=args.target_tokens, tasks=tasks,
@@ -583,7 +655,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     """``beacon-rag train``: train, print the final checkpoint folder, exit 0."""
-    path = train(config_from_args(args), progress=not args.no_progress)
+    path = train(config_from_args(args), progress=not args.no_progress, time_limit=args.time_limit)
     print(path)
     return 0
 
