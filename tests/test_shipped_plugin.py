@@ -36,3 +36,20 @@ def test_shipped_plugin_is_used_only_for_its_base_model(tiny_models, embedded, t
     other = tiny_model("llama", embedded.tokenizer, seed=9)  # same shapes, other weights
     assert Engine(other, compressor="beacon", compressor_options={"ratio": 4}, persist=False
                   ).compressor.spec()["plugin"] == "untrained-v1"
+
+
+def test_a_plugin_given_by_path_runs_with_the_window_it_was_trained_with(tiny_models, tmp_path):
+    """Found 2026-11-23: plug-ins named by path ran in 1,024-token windows although trained in 256."""
+    from beacon_rag.bench.quality import build_compressor
+
+    lm = tiny_models["llama"]
+    plugin = BeaconPlugin.from_model(lm)
+    plugin.config["window"] = 32
+    folder = plugin.save(tmp_path / "trained")
+    for options in ({"ratio": 4, "plugin": folder}, {"ratio": 4, "plugin": str(folder)}, {"ratio": 4, "plugin": plugin}):
+        engine = Engine(lm, compressor="beacon", compressor_options=options, persist=False)
+        assert engine.compressor.spec()["window"] == 32
+    assert build_compressor("beacon", 4, plugin=str(folder), lm=lm).spec()["window"] == 32
+    explicit = Engine(lm, compressor="beacon", compressor_options={"ratio": 4, "plugin": folder, "window": 16},
+                      persist=False)
+    assert explicit.compressor.spec()["window"] == 16  # the caller's choice still wins

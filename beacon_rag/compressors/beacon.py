@@ -58,13 +58,33 @@ def shipped_plugin(lm: LoadedModel) -> tuple[Path, dict[str, Any]] | None:
     return None
 
 
+def trained_window(plugin: BeaconPlugin | str | os.PathLike[str]) -> int | None:
+    """The window a plug-in was trained with (``window`` in its config), if it records one.
+
+    Beacons trained to summarise windows of W tokens are out of distribution in windows of
+    another size, so a plug-in given without a window must run with its own.
+    """
+    if isinstance(plugin, BeaconPlugin):
+        window = plugin.config.get("window")
+    else:
+        try:
+            window = json.loads((Path(plugin) / "beacon_config.json").read_text()).get("window")
+        except (OSError, ValueError, AttributeError):
+            return None  # loading the plug-in later reports what is wrong with it
+    return window if isinstance(window, int) and not isinstance(window, bool) else None
+
+
 def default_options(lm: LoadedModel, options: dict[str, Any]) -> dict[str, Any]:
     """Fill in the shipped plug-in (and the window and ratio it was trained with) unless given.
 
-    This is what makes ``--compressor beacon`` on the embedded model use trained weights.
+    This is what makes ``--compressor beacon`` on the embedded model use trained weights. A
+    plug-in given without a window gets the window it was trained with, like the shipped one.
     """
     if "plugin" in options:
-        return options
+        if "window" in options or options["plugin"] is None:
+            return options
+        window = trained_window(options["plugin"])
+        return options if window is None else {**options, "window": window}
     found = shipped_plugin(lm)
     if found is None:
         return options
