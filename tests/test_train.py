@@ -90,6 +90,10 @@ def test_loss_decreases_and_only_plugin_changes(tmp_path, lm, examples):
 
     png = plot(tmp_path / "log.jsonl", tmp_path / "curve.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    from beacon_rag.bench.training_curve import compare  # a sweep: several runs' logs side by side
+
+    png = compare([tmp_path / "log.jsonl", tmp_path / "log.jsonl"], tmp_path / "sweep.png", tasks=("passkey",))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 def test_resume_matches_uninterrupted_run(tmp_path, lm, examples):

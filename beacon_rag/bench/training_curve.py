@@ -1,6 +1,8 @@
 """Plot a beacon training log (``log.jsonl``) as a PNG learning curve.
 
-``python -m beacon_rag.bench.training_curve LOG.jsonl OUT.png`` (needs matplotlib: the ``plots`` extra).
+``python -m beacon_rag.bench.training_curve LOG.jsonl OUT.png`` (needs matplotlib: the ``plots`` extra);
+``... --compare OUT.png LOG1.jsonl LOG2.jsonl ...`` draws several runs side by side instead: the
+held-out gap recovered per task against training tokens, one line per run (how a sweep is read).
 Where a run was resumed, a step may appear twice; the later line wins, as it is the one the
 resumed run's parameters came from.
 """
@@ -60,5 +62,38 @@ def plot(log: str | Path, out: str | Path) -> Path:
     return out
 
 
+def compare(logs: list[str | Path], out: str | Path, tasks: tuple[str, ...] = ("lm", "passkey", "multidoc")) -> Path:
+    """One panel per task: the held-out share of the gap recovered vs training tokens, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    for log in logs:
+        rows = read_log(log)
+        evals = [r for r in rows.values() if r.get("eval_gap_recovered_by_task")]
+        tokens = [r.get("tokens", 0) for r in evals]
+        for ax, task in zip(axes[0], tasks):
+            values = [r["eval_gap_recovered_by_task"].get(task) for r in evals]
+            ax.plot(tokens, [float("nan") if v is None else v for v in values], marker="o", ms=3,
+                    label=Path(log).parent.name)
+    for ax, task in zip(axes[0], tasks):
+        ax.axhline(0, color="grey", lw=0.6)
+        # Untrained starts lie far below zero (-4 for LM); clipping keeps the differences between
+        # trained runs, which are what a sweep is about, readable.
+        ax.set_ylim(bottom=max(ax.get_ylim()[0], -1.0))
+        ax.set(title=f"{task}: share of the no-context -> full gap recovered", xlabel="training tokens")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 if __name__ == "__main__":
-    print(plot(sys.argv[1], sys.argv[2]))
+    if sys.argv[1] == "--compare":
+        print(compare(sys.argv[3:], sys.argv[2]))
+    else:
+        print(plot(sys.argv[1], sys.argv[2]))

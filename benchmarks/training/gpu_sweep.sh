@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Several beacon training configurations side by side on one lent GPU (issue 5).
+#
+# Why side by side: SmolLM2-135M with one example per step leaves an H100 mostly idle (the window
+# loop is launch-bound), so six independent runs share it for nearly the price of one, and a
+# short lease answers "which objective and mixture helps" instead of betting it all on one guess.
+#
+#   gpu_sweep.sh setup              assemble the GGUF from its carried parts, install carried wheels,
+#                                   convert the model once (every run then loads the converted copy)
+#   gpu_sweep.sh train SECONDS      start (or resume) every run for SECONDS of wall time, then summarise
+#   gpu_sweep.sh pack OUT_DIR       logs of every run and the plug-ins of the best runs, as tar parts
+#
+# The 2026-11-23 lease ran these six with one example per step (batching did not exist yet): each
+# step took 1.5-2 s whatever the number of runs, the GPU 20% busy. With BT_BATCH=16 or 32 (rows of
+# one context length share the window loop; `beacon-rag bench train-speed` measured 27.5x more
+# tokens/s at batch 32 on a launch-bound model there) one or two runs use the GPU better than six.
+#
+# State lives in $BT_ROOT (default /root/bt), outside the repository, so a second call on the same
+# warm machine resumes the runs from their checkpoints. All runs use seed 2: the same training
+# examples in the same order and the same held-out eval examples, so their figures compare.
+set -euo pipefail
+ROOT=${BT_ROOT:-/root/bt}
+GGUF=$ROOT/SmolLM2-135M-Instruct.Q4_1.gguf
+export PYTHONPATH=$ROOT/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 BEACON_RAG_HOME=$ROOT/home \
+  PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+
+declare -A RUNS=(
+  # warm start from the CPU run's step 260 (rank 32); lower lr than the CPU runs
+  [mix-warm]="--init-plugin $ROOT/init --low-rank 32 --lr 5e-4"
+  [lm-warm]="--init-plugin $ROOT/init --low-rank 32 --lr 5e-4 --tasks {\"lm\":0.6,\"passkey\":0.08,\"kv\":0.08,\"fact\":0.08,\"multidoc\":0.08,\"multiturn\":0.08}"
+  [qa-warm]="--init-plugin $ROOT/init --low-rank 32 --lr 5e-4 --raw-loss-weight 0.5 --distill-weight 1.0 --tasks {\"lm\":0.1,\"passkey\":0.25,\"kv\":0.15,\"fact\":0.15,\"multidoc\":0.2,\"multiturn\":0.15}"
+  [r48-warm]="--init-plugin $ROOT/init --low-rank 32 --lr 5e-4 --ratios 4,8"
+  # from the untrained copy: does the warm start help or carry the CPU runs' habits?
+  [mix-scratch]="--low-rank 32 --lr 1e-3"
+  [mix-r64-scratch]="--low-rank 64 --lr 1e-3"
+)
+COMMON=(--device "${BT_DEVICE:-cuda}" --model "$GGUF" --steps 2000 --warmup-steps 30 --window 256 --ratios 2,4,8
+        --context-tokens 1024,2048 --target-tokens 48 --checkpoint-every 100 --keep-checkpoints 1
+        --eval-every 100 --eval-examples 4 --eval-context-tokens 1024 --eval-ratio 4 --seed 2
+        --distill-weight 0.5 --raw-loss-weight 1.0 --threads 2 --no-progress --batch-size "${BT_BATCH:-1}")
+
+summary() {
+  python3 - "$ROOT/runs" <<'EOF'
+import json, sys
+from pathlib import Path
+rows = []
+for log in sorted(Path(sys.argv[1]).glob("*/log.jsonl")):
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    steps = [r for r in records if "loss" in r]
+    evals = [r for r in records if "eval_gap_recovered_by_task" in r]
+    if not evals:
+        print(log.parent.name, "no eval yet", len(steps), "steps"); continue
+    first, last = evals[0], evals[-1]
+    gaps = last["eval_gap_recovered_by_task"]
+    mean = sum(v for v in gaps.values() if v is not None) / max(1, len(gaps))
+    rate = (steps[-1]["tokens"] / steps[-1]["seconds"]) if steps else 0
+    rows.append((mean, log.parent.name))
+    print(f"{log.parent.name:16s} step {last['step']:5d} tokens {last.get('tokens', 0):9d} {rate:7.0f} tok/s "
+          f"gap@0 {json.dumps({k: round(v, 2) for k, v in first['eval_gap_recovered_by_task'].items()})} "
+          f"gap {json.dumps({k: round(v, 2) for k, v in gaps.items()})} mean {mean:.3f}")
+print("ranking:", " ".join(name for _, name in sorted(rows, reverse=True)))
+EOF
+}
+
+case ${1:?setup, train SECONDS or pack OUT_DIR} in
+  setup)
+    mkdir -p "$ROOT"
+    cat "$ROOT/gguf.part1" "$2" > "$GGUF.tmp"
+    echo "$(cut -d' ' -f1 "$3")  $GGUF.tmp" | sha256sum -c -
+    mv "$GGUF.tmp" "$GGUF"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$ROOT/site" \
+      "$ROOT"/whl/*.whl
+    python3 -c "
+import torch, transformers
+from beacon_rag.models import load_model
+lm = load_model('$GGUF', device='cuda')
+print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())
+print('fingerprint', lm.fingerprint)"
+    ;;
+  train)
+    mkdir -p "$ROOT/runs"
+    for name in ${BT_RUNS:-${!RUNS[@]}}; do  # BT_RUNS: a subset, when some runs are already out of the race
+      # shellcheck disable=SC2086  # the per-run options are meant to split into words
+      python3 -m beacon_rag.beacon.train "${COMMON[@]}" ${RUNS[$name]} --output-dir "$ROOT/runs/$name" \
+        --time-limit "$2" >> "$ROOT/runs/$name.out" 2>&1 &
+    done
+    failed=0
+    for job in $(jobs -p); do wait "$job" || failed=$((failed + 1)); done
+    echo "runs that failed: $failed"
+    for name in "${!RUNS[@]}"; do echo "== $name"; grep -E "Error|error|Traceback" -A3 "$ROOT/runs/$name.out" | tail -8 || true; done
+    nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
+    summary
+    ;;
+  pack)
+    out=$2
+    ranking=$(summary | sed -n 's/^ranking: //p')
+    cd "$ROOT/runs"
+    files=(*/log.jsonl */train_config.json ./*.out)
+    budget=$((58 * 1024 * 1024)); used=0
+    for name in $ranking; do
+      newest=$(ls -d "$name"/step-* | sort -V | tail -1)
+      size=$(du -cb "$newest/plugin" | tail -1 | cut -f1)
+      if (( used + size <= budget )); then files+=("$newest/plugin"); used=$((used + size)); fi
+    done
+    tar cf - "${files[@]}" | split -b 15M - "$out/runs.tar.part-"
+    ls -la "$out"
+    ;;
+esac
