@@ -377,6 +377,7 @@ def compress_rows(
     layers = lm.num_layers
     mode = torch.enable_grad() if grad else torch.inference_mode()
     with lm.lock, mode:
+        beacon_embed = plugin.beacon_embed.to(lm.dtype)[None].expand(rows, -1, -1)  # one per row, every window
         memory_keys, memory_values = memory_tensors
         memory = context_length
         windows = list(_windows(n, window))
@@ -390,7 +391,6 @@ def compress_rows(
             beacon_positions = torch.nonzero(is_beacon).flatten()
             source = torch.full((len(layout),), raw, dtype=torch.long, device=device)
             source[raw_positions] = torch.arange(raw, device=device)
-            beacon_embed = plugin.beacon_embed.to(lm.dtype)[None].expand(rows, -1, -1)
             table = torch.cat([embed_tokens(ids[:, start:end]), beacon_embed], dim=1)
             if ratio == 0:
                 keep = torch.arange(len(layout), device=device)
