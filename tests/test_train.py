@@ -41,6 +41,9 @@ class Fixed:
     def __getitem__(self, index):
         return self.items[index % len(self.items)]
 
+    def batch(self, index, size):
+        return [self[index * size + row] for row in range(size)]
+
 
 def config(tmp_path, **overrides) -> TrainConfig:
     values: dict = {"output_dir": str(tmp_path), "steps": 24, "window": 16, "ratios": (2, 4), "low_rank": 4,

@@ -344,8 +344,11 @@ class TrainingData:
         """Batch ``index``: ``size`` examples of mixed tasks sharing one drawn context length.
 
         One length per batch lets the rows share the beacon window loop (``batch_losses``); every
-        task builds its context to exactly the requested length.
+        task builds its context to exactly the requested length. A batch of one is ``[self[index]]``,
+        so runs without batching keep the example stream they had before batches existed.
         """
+        if size == 1:
+            return [self[index]]
         rng = _rng(self.seed, self.split, index, f"batch|{size}")
         low, high = self.mixture.context_tokens
         length = rng.randint(low, high)

@@ -298,13 +298,13 @@ def full_context_logits(lm: LoadedModel, examples: list[Example]) -> torch.Tenso
     return lm.model(input_ids=ids, logits_to_keep=width).logits.float()
 
 
+@torch.no_grad()
 def reference_losses(lm: LoadedModel, example: Example) -> dict[str, float]:
     """Target NLL with the full (uncompressed) context and with no context at all: the two bounds."""
     rows, targets = _target_slice(example)
     full = F.cross_entropy(full_context_logits(lm, [example])[0][rows], targets.to(lm.device)).item()
     ids = torch.tensor([example.continuation_ids], device=lm.device)
-    with torch.no_grad():
-        bare = lm.model(input_ids=ids).logits[0].float()
+    bare = lm.model(input_ids=ids).logits[0].float()
     none = F.cross_entropy(bare[rows], targets.to(lm.device)).item()
     return {"full": full, "none": none}
 
@@ -514,7 +514,7 @@ class Trainer:
         tokens = 0
         for micro in range(c.grad_accum):
             index = self.step * c.grad_accum + micro
-            batch = self.data.batch(index, c.batch_size) if c.batch_size > 1 else [self.data[index]]
+            batch = self.data.batch(index, c.batch_size)
             losses = batch_losses(self.lm, self.plugin, batch, window=c.window, ratio=ratio, sink=c.sink,
                                   distill_weight=c.distill_weight, temperature=c.distill_temperature,
                                   raw_weight=c.raw_loss_weight, checkpoint=c.gradient_checkpointing)
@@ -640,7 +640,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     tasks = json.loads(args.tasks) if args.tasks else dict(Mixture().weights)
     return TrainConfig(
         output_dir=args.output_dir, model=args.model, dtype=args.dtype, device=args.device, seed=args.seed,
-        steps=args.steps, grad_accum=args.grad_accum, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        steps=args.steps, grad_accum=args.grad_accum, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm, window=args.window,
         ratios=tuple(args.ratios), sink=args.sink, low_rank=args.low_rank or None,
         context_tokens=tuple(args.context_tokens), target_tokens=args.target_tokens, tasks=tasks,

@@ -76,7 +76,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for size in args.batch_sizes:
             seconds, tokens = 0.0, 0
             for step in range(args.warmup + args.steps):
-                batch = data.batch(step, size) if size > 1 else [data[step]]
+                batch = data.batch(step, size)
                 _sync(args.device)
                 started = time.perf_counter()
                 optimizer.zero_grad(set_to_none=True)
