@@ -58,6 +58,11 @@ def shipped_plugin(lm: LoadedModel) -> tuple[Path, dict[str, Any]] | None:
     return None
 
 
+def _recorded_window(config: dict[str, Any]) -> int | None:
+    window = config.get("window")
+    return window if isinstance(window, int) and not isinstance(window, bool) else None
+
+
 def trained_window(plugin: BeaconPlugin | str | os.PathLike[str]) -> int | None:
     """The window a plug-in was trained with (``window`` in its config), if it records one.
 
@@ -65,13 +70,12 @@ def trained_window(plugin: BeaconPlugin | str | os.PathLike[str]) -> int | None:
     another size, so a plug-in given without a window must run with its own.
     """
     if isinstance(plugin, BeaconPlugin):
-        window = plugin.config.get("window")
-    else:
-        try:
-            window = json.loads((Path(plugin) / "beacon_config.json").read_text()).get("window")
-        except (OSError, ValueError, AttributeError):
-            return None  # loading the plug-in later reports what is wrong with it
-    return window if isinstance(window, int) and not isinstance(window, bool) else None
+        return _recorded_window(plugin.config)
+    try:
+        config = json.loads((Path(plugin) / "beacon_config.json").read_text())
+    except (OSError, ValueError):
+        return None  # loading the plug-in later reports what is wrong with it
+    return _recorded_window(config) if isinstance(config, dict) else None
 
 
 def default_options(lm: LoadedModel, options: dict[str, Any]) -> dict[str, Any]:
@@ -84,16 +88,15 @@ def default_options(lm: LoadedModel, options: dict[str, Any]) -> dict[str, Any]:
         if "window" in options or options["plugin"] is None:
             return options
         window = trained_window(options["plugin"])
-        return options if window is None else {**options, "window": window}
-    found = shipped_plugin(lm)
-    if found is None:
-        return options
-    folder, config = found
-    filled = {"plugin": folder, **options}
-    if "window" not in options and isinstance(config.get("window"), int):
-        filled["window"] = config["window"]
-    logger.info("using the shipped beacon plug-in %s for %s", folder.name, lm.name)
-    return filled
+    else:
+        found = shipped_plugin(lm)
+        if found is None:
+            return options
+        folder, config = found  # its config is already read: no second read through trained_window
+        logger.info("using the shipped beacon plug-in %s for %s", folder.name, lm.name)
+        window = None if "window" in options else _recorded_window(config)
+        options = {"plugin": folder, **options}
+    return options if window is None else {**options, "window": window}
 
 
 def untrained_plugin(lm: LoadedModel) -> BeaconPlugin:
