@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from beacon_rag.bench.report import _pyplot, _save_figure
+
 
 def read_log(path: str | Path) -> dict[int, dict]:
     steps: dict[int, dict] = {}
@@ -24,11 +26,7 @@ def read_log(path: str | Path) -> dict[int, dict]:
 
 
 def plot(log: str | Path, out: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = read_log(log)
     evals = [s for s, r in rows.items() if "eval_compressed" in r]
     # Logs written since per-task references were recorded get a third panel: the gap per task.
@@ -56,19 +54,12 @@ def plot(log: str | Path, out: str | Path) -> Path:
         gap_ax.set(title="share of the no-context -> full gap recovered", xlabel="step")
         gap_ax.legend()
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save_figure(plt, fig, Path(out))
 
 
 def compare(logs: list[str | Path], out: str | Path, tasks: tuple[str, ...] = ("lm", "passkey", "multidoc")) -> Path:
     """One panel per task: the held-out share of the gap recovered vs training tokens, one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
     for log in logs:
         rows = read_log(log)
@@ -86,10 +77,7 @@ def compare(logs: list[str | Path], out: str | Path, tasks: tuple[str, ...] = ("
         ax.set(title=f"{task}: share of the no-context -> full gap recovered", xlabel="training tokens")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save_figure(plt, fig, Path(out))
 
 
 if __name__ == "__main__":
