@@ -147,6 +147,30 @@ def test_low_rank_init_equals_untrained_full_copy(embedded, family):
     assert all(k.endswith(("lora_A", "lora_B", "bias_delta")) or k == "beacon_embed" for k in low.state_dict())
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])  # qwen2: bias deltas are carried over too
+@pytest.mark.parametrize("wider", [6, None])  # a larger rank, and full-rank copies
+def test_widening_a_plugin_keeps_what_it_computes_and_trains_the_new_directions(embedded, family, wider):
+    lm = tiny_model(family, embedded.tokenizer, seed=11)
+    ids = torch.randint(10, 5000, (45,), generator=torch.Generator().manual_seed(0)).tolist()
+    trained = BeaconPlugin.from_model(lm, low_rank=3, seed=1)
+    with torch.no_grad():  # stands for training: every delta away from zero
+        for name, p in trained.named_parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.05)
+    widened = BeaconPlugin.from_model(lm, low_rank=wider, seed=2)
+    widened.widen_from(trained)
+    a = compress_segment(lm, trained, ids, KVContext(lm), window=16, ratio=4)
+    b = compress_segment(lm, widened, ids, KVContext(lm), window=16, ratio=4)
+    assert torch.allclose(a.keys, b.keys, atol=1e-5) and torch.allclose(a.values, b.values, atol=1e-5)
+    if wider:  # the extra directions are live: B's new columns get gradients through A's random rows
+        widened.requires_grad_(True)
+        kv = compress_segment(lm, widened, ids, KVContext(lm), window=16, ratio=4, grad=True)
+        (kv.keys.square().sum() + kv.values.square().sum()).backward()
+        grad = widened.layers[0].projection("k").lora_B.grad
+        assert grad[:, 3:].abs().sum() > 0
+    with pytest.raises(BeaconWeightsError, match="smaller rank|full-rank"):
+        BeaconPlugin.from_model(lm, low_rank=2, seed=3).widen_from(widened if wider is None else trained)
+
+
 def test_low_rank_save_load_round_trip(tmp_path, lm):
     plugin = BeaconPlugin.from_model(lm, low_rank=3, seed=2)
     with torch.no_grad():

@@ -233,6 +233,42 @@ class BeaconPlugin(nn.Module):
         rank = self.config.get("low_rank")
         return int(rank) if rank else None
 
+    def widen_from(self, source: BeaconPlugin) -> None:
+        """Take over ``source``'s weights in this plug-in of equal or larger capacity.
+
+        Why: a warm start that also adds capacity (a trained rank-32 plug-in continued at rank 96,
+        or as full copies) should start from what was learned, not from scratch. ``source``'s
+        deltas fill the first ``r`` directions; the extra directions keep this plug-in's random
+        ``A`` rows and zero ``B`` columns, so the result computes exactly what ``source`` computes
+        while the new directions still receive gradients. A full-rank plug-in takes ``source``'s
+        effective weights. Both must be bound to the same model (low-rank weights need the base).
+        """
+        if self.with_o != source.with_o or len(self.layers) != len(source.layers):
+            raise BeaconWeightsError("cannot widen: the plug-ins differ in layers or in the o projection")
+        if source.low_rank is None and self.low_rank is not None:
+            raise BeaconWeightsError("cannot widen a full-rank plug-in into low-rank deltas (it would lose weights)")
+        if source.low_rank and self.low_rank and source.low_rank > self.low_rank:
+            raise BeaconWeightsError(f"cannot widen rank {source.low_rank} into the smaller rank {self.low_rank}")
+        with torch.no_grad():
+            self.beacon_embed.copy_(source.beacon_embed)
+            for mine, theirs in zip(self.layers, source.layers):
+                for which in PROJECTIONS:
+                    target, given = mine.projection(which), theirs.projection(which)
+                    if target is None or given is None:
+                        continue
+                    if isinstance(target, LowRankDelta):
+                        assert isinstance(given, LowRankDelta)
+                        rank = given.rank
+                        target.lora_A[:rank].copy_(given.lora_A)
+                        target.lora_B.zero_()
+                        target.lora_B[:, :rank].copy_(given.lora_B)
+                        if target.bias_delta is not None and given.bias_delta is not None:
+                            target.bias_delta.copy_(given.bias_delta)
+                    else:
+                        target.weight.copy_(given.weight)
+                        if target.bias is not None and given.bias is not None:
+                            target.bias.copy_(given.bias)
+
     @property
     def bound(self) -> bool:
         """Whether every projection can compute (always for full rank; low rank needs base weights)."""

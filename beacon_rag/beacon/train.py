@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from beacon_rag.beacon.compress import compress_rows, validate
 from beacon_rag.beacon.data import Example, Mixture, TrainingData, make_task_examples
-from beacon_rag.beacon.plugin import BeaconPlugin
+from beacon_rag.beacon.plugin import BeaconPlugin, BeaconWeightsError
 from beacon_rag.kv import cache_from_layers, rotary_tables, rotate
 from beacon_rag.models import LoadedModel
 
@@ -369,14 +369,22 @@ class Trainer:
         self.log_path = self.out / "log.jsonl"
 
     def _warm_start(self, folder: Path) -> None:
-        """Start from a saved plug-in's weights (same model, same rank): a new run with a new
-        objective or schedule continues what an earlier run learned instead of starting over."""
+        """Start from a saved plug-in's weights: a new run with a new objective or schedule
+        continues what an earlier run learned instead of starting over. A run with a larger rank
+        (or full rank) starts from the same function with room to learn more (``widen_from``)."""
         loaded = BeaconPlugin.load(folder, self.lm)
-        if loaded.low_rank != self.plugin.low_rank:
-            raise ValueError(
-                f"init plug-in {folder} has low rank {loaded.low_rank}, this run uses {self.plugin.low_rank}"
-            )
-        self.plugin.load_state_dict(loaded.state_dict())
+        if loaded.low_rank == self.plugin.low_rank:
+            self.plugin.load_state_dict(loaded.state_dict())
+        else:
+            try:
+                self.plugin.widen_from(loaded.to(device=self.lm.device, dtype=self.plugin.beacon_embed.dtype))
+            except BeaconWeightsError as err:
+                raise ValueError(
+                    f"init plug-in {folder} (low rank {loaded.low_rank}) cannot start this run "
+                    f"(low rank {self.plugin.low_rank}): {err}"
+                ) from None
+            logger.info("widened %s from low rank %s to %s", folder, loaded.low_rank,
+                        self.plugin.low_rank or "full")
         logger.info("warm start from %s (its training step %s)", folder, loaded.config.get("training_step"))
 
     # -------------------------------------------------------------- checkpoints
