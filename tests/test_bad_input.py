@@ -7,12 +7,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import tiny_model
 
 from beacon_rag import Block, ContextTooLongError, EmptyDocumentError, Engine, Message, rag_messages
 from beacon_rag.documents import DocumentError, read_document
 from beacon_rag.models import UnsupportedModelError, load_model
 from beacon_rag.store import DiskTier
-from conftest import tiny_model
 
 DOCS = ["The vault code is 7261.", "The archive closes at noon on Fridays."]
 QUESTION = "What is the vault code?"

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import FAMILIES
 
 from beacon_rag import Block, Engine, Message, rag_messages
-from beacon_rag.kv import KVContext
 from beacon_rag.compressors import prefill_pre_rope
-from conftest import FAMILIES
+from beacon_rag.kv import KVContext
 
 DOCS = [
     "The lighthouse on Gull Island was built in 1871 and painted red in 1902.",

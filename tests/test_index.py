@@ -16,7 +16,6 @@ import textwrap
 import numpy as np
 import pytest
 
-
 from beacon_rag.engine import Engine, rag_messages
 from beacon_rag.index import (
     DocumentIndex,

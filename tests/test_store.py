@@ -82,7 +82,7 @@ class _Plant:
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def __reduce__(self):  # noqa: D105
+    def __reduce__(self):
         return (open, (self.path, "w"))
 
 
@@ -96,7 +96,7 @@ def planted_pickle(marker: Path, pad: int = 0) -> bytes:
 def test_planted_pickle_is_live(tmp_path: Path) -> None:
     """Control: the hostile payload really does create its marker when unpickled."""
     marker = tmp_path / "control"
-    pickle.loads(planted_pickle(marker))  # noqa: S301 - deliberate, proves the payload works
+    pickle.loads(planted_pickle(marker))
     assert marker.exists()
 
 
@@ -636,7 +636,7 @@ def test_release_does_not_steal_a_lease_taken_over(tmp_path: Path) -> None:
     assert name not in disk
 
 
-def _mp_worker(directory: str, key: str, log_path: str, barrier, results) -> None:  # noqa: ANN001
+def _mp_worker(directory: str, key: str, log_path: str, barrier, results) -> None:
     """Child process: race the other child for ``key``; compute appends a line."""
 
     def compute() -> Entry:

@@ -600,7 +600,12 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``beacon-rag train`` (defaults: the settings used for the shipped SmolLM2 plug-in)."""
+    """Options of ``beacon-rag train``.
+
+    The defaults are ``TrainConfig``'s: a plain run on the target loss alone. They are not the
+    shipped plug-in's recipe (distillation, raw-token loss, a warm start): the exact command of
+    every run that led to it is in its ``TRAINING.md``.
+    """
     d = TrainConfig()
     parser.add_argument("--output-dir", default=d.output_dir, help="checkpoints and log.jsonl go here")
     parser.add_argument("--model", default=None, help="model folder or .gguf (default: embedded SmolLM2)")

@@ -54,7 +54,7 @@ def split_of(name: str) -> Split:
 def _module_text(name: str) -> str:
     try:
         module = importlib.import_module(name)
-    except Exception:  # a module missing from this Python build is simply not a source
+    except Exception:  # noqa: BLE001 - any import error (not only ImportError): a module missing from this Python build is simply not a source
         return ""
     parts = [inspect.getdoc(module) or ""]
     for attr in sorted(vars(module)):

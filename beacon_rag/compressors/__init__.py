@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from beacon_rag.compressors.base import Compressor, prefill_pre_rope
 from beacon_rag.compressors.beacon import BeaconCompressor

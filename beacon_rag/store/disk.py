@@ -23,12 +23,15 @@ import sqlite3
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import diskcache
 from diskcache.core import MODE_BINARY, MODE_RAW, UNKNOWN
 
 from .codec import CorruptEntry, Entry, decode_entry, encode_entry
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11; the package supports 3.10
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +136,7 @@ class SafeDisk(diskcache.Disk):
                 raise RefusedRow("binary row without a value file")
             full_path = op.join(self._directory, filename)
             if read:
-                return open(full_path, "rb")  # noqa: SIM115 - caller owns the handle
+                return open(full_path, "rb")
             with open(full_path, "rb") as reader:
                 return reader.read()
         raise RefusedRow(f"row stored in mode {mode} (pickle/text) is refused")
@@ -377,7 +380,7 @@ class DiskTier:
         """Close this thread's SQLite connection (others close on thread exit)."""
         self._cache.close()
 
-    def __enter__(self) -> DiskTier:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
