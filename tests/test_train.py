@@ -88,6 +88,13 @@ def test_loss_decreases_and_only_plugin_changes(tmp_path, lm, examples):
     full, none = last["eval_full_by_task"]["passkey"], last["eval_none_by_task"]["passkey"]
     assert last["eval_gap_recovered_by_task"]["passkey"] == pytest.approx(
         (none - last["eval_by_task"]["passkey"]) / (none - full))
+    # The pass key's digits alone: its own bounds, not the template's.
+    assert set(last["eval_answer_gap_recovered_by_task"]) == {"passkey"}
+    answer_none, answer_full = last["eval_answer_none_by_task"]["passkey"], last["eval_answer_full_by_task"]["passkey"]
+    assert answer_none != pytest.approx(none) and answer_full != pytest.approx(full)
+    assert last["eval_answer_gap_recovered_by_task"]["passkey"] == pytest.approx(
+        (answer_none - last["eval_answer_by_task"]["passkey"]) / (answer_none - answer_full))
+    assert "answer_loss" in records[1]
     # The learning-curve PNG of issue 5 is drawn from this log.
     from beacon_rag.bench.training_curve import plot
 
@@ -356,7 +363,7 @@ def test_batch_losses_equal_the_mean_of_single_examples_and_their_gradients(lm, 
     batch = [examples[0], lm_text[0], examples[1], other_length]
     assert len({len(e.context_ids) for e in batch}) == 2
     assert len({len(e.continuation_ids) for e in batch if len(e.context_ids) == 56}) == 2  # padding is exercised
-    options = {"window": 16, "ratio": 4, "distill_weight": 0.5, "raw_weight": 1.0}
+    options = {"window": 16, "ratio": 4, "distill_weight": 0.5, "raw_weight": 1.0, "answer_weight": 0.7}
 
     def gradients(loss):
         plugin.zero_grad(set_to_none=True)
@@ -370,8 +377,33 @@ def test_batch_losses_equal_the_mean_of_single_examples_and_their_gradients(lm, 
     for key in ("lm", "distill", "raw", "loss"):
         expected = sum(s[key].item() for s in singles) / len(batch)
         assert batched[key].item() == pytest.approx(expected, rel=1e-5), key
+    answered = [s["answer"].item() for s in singles if "answer" in s]
+    assert len(answered) == 3 and "answer" not in singles[1]  # the lm text has no answer
+    assert batched["answer"].item() == pytest.approx(sum(answered) / 3, rel=1e-5)
     for a, b in zip(batched_grads, single_grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_answer_spans_cover_exactly_the_answer(embedded):
+    """The answer loss must score the digits (or the place, the colour), not the template around them."""
+    for task in ("passkey", "kv", "fact", "multidoc", "multiturn"):
+        for e in make_task_examples(embedded, task, "train", 4, 200, seed=5):
+            assert e.answer_span is not None, (task, e.answer)
+            start, end = e.answer_span
+            assert embedded.tokenizer.decode(e.target_ids[start:end]).strip() == e.answer, task
+            assert end < len(e.target_ids)  # the end-of-turn token (and the full stop) are outside
+    assert make_task_examples(embedded, "lm", "train", 1, 200, seed=5)[0].answer_span is None
+
+
+def test_answer_weight_adds_the_answer_tokens_loss(lm, examples):
+    from beacon_rag.beacon.train import example_losses
+
+    plugin = _perturbed_plugin(lm, seed=2)
+    plain = example_losses(lm, plugin, examples[0], window=16, ratio=4, grad=False)
+    weighted = example_losses(lm, plugin, examples[0], window=16, ratio=4, answer_weight=2.0, grad=False)
+    assert plain["loss"].item() == pytest.approx(plain["lm"].item())
+    assert plain["answer"].item() != pytest.approx(plain["lm"].item())  # fewer tokens than the target
+    assert weighted["loss"].item() == pytest.approx(plain["lm"].item() + 2.0 * plain["answer"].item(), rel=1e-6)
 
 
 def test_training_batches_share_one_exact_context_length(lm):

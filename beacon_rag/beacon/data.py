@@ -50,6 +50,10 @@ class Example:
     * ``target_ids``: run through the plain model after the prompt; the loss is on these tokens
       (the answer followed by the end-of-turn token, or for ``lm`` the text that follows).
     * ``answer``: the answer as text for exact-match scoring (``""`` for ``lm``).
+    * ``answer_span``: ``(start, end)`` of the answer's tokens inside ``target_ids``, or ``None``
+      (``lm``, or a tokenization that does not line up). The target sentence is mostly a template
+      the question already gives away ("The pass key is ..."): its loss drops as soon as the
+      template is learnt, while the few answer tokens are what a compressed memory must carry.
 
     ``continuation_ids == prompt_ids + target_ids``; ``loss_start == len(prompt_ids)`` is where the
     loss begins inside the continuation.
@@ -61,6 +65,7 @@ class Example:
     target_ids: list[int]
     answer: str = ""
     meta: dict[str, object] = field(default_factory=dict)
+    answer_span: tuple[int, int] | None = None
 
     @property
     def continuation_ids(self) -> list[int]:
@@ -73,6 +78,25 @@ class Example:
     @property
     def tokens(self) -> int:
         return len(self.context_ids) + len(self.prompt_ids) + len(self.target_ids)
+
+
+def answer_span(lm: LoadedModel, answer_text: str, answer: str) -> tuple[int, int] | None:
+    """Token span of the last ``answer`` inside ``lm.encode(answer_text)``, or ``None``.
+
+    The span starts after the text before the answer with its trailing space stripped, so a
+    space that the tokenizer writes as its own token (or glues to the answer) is inside it. If
+    the tokens of either prefix are not a prefix of the whole (a merge across the boundary),
+    there is no clean span and ``None`` says so rather than scoring the wrong tokens.
+    """
+    where = answer_text.rfind(answer) if answer else -1
+    if where < 0:
+        return None
+    ids = lm.encode(answer_text)
+    head = lm.encode(answer_text[:where].rstrip())
+    through = lm.encode(answer_text[: where + len(answer)])
+    if ids[: len(head)] != head or ids[: len(through)] != through or len(through) <= len(head):
+        return None
+    return len(head), len(through)
 
 
 # ---------------------------------------------------------------------------- filler text
@@ -155,7 +179,8 @@ class TaskBuilder:
         header = self.lm.encode(self.user_glue[0])
         prompt = self.lm.encode("\n\n" + question + self.user_glue[1])
         target = self.lm.encode(answer_text) + self.end_ids
-        return Example(task, header + body, prompt, target, answer, dict(meta or {}))
+        return Example(task, header + body, prompt, target, answer, dict(meta or {}),
+                       answer_span(self.lm, answer_text, answer))
 
     def _hide(self, rng: random.Random, filler_tokens: int, needles: Sequence[list[int]]) -> list[int]:
         """Filler with each needle inserted at a random token position (order kept)."""
@@ -254,8 +279,10 @@ class TaskBuilder:
             ids += _filler(self.stream, rng, per + (max(short, 0) if turn == turns - 1 else 0))
         prompt = self.lm.encode(glue[2 * turns] + "What was the code word I asked you to remember?"
                                 + glue[2 * turns + 1])
-        target = self.lm.encode(f"Your code word is {code}.") + self.end_ids
-        return Example("multiturn", ids, prompt, target, code, {"turn": secret_turn})
+        answer_text = f"Your code word is {code}."
+        target = self.lm.encode(answer_text) + self.end_ids
+        return Example("multiturn", ids, prompt, target, code, {"turn": secret_turn},
+                       answer_span(self.lm, answer_text, code))
 
     def build(self, task: str, rng: random.Random, context_tokens: int, target_tokens: int = 32) -> Example:
         if task == "lm":

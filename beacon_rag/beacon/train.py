@@ -84,6 +84,7 @@ class TrainConfig:
     distill_weight: float = 0.0
     distill_temperature: float = 1.0
     raw_loss_weight: float = 0.0  # the paper's next-token loss on the context's raw tokens (0: off)
+    answer_weight: float = 0.0  # extra weight on the answer's own tokens in QA targets (0: off)
     init_plugin: str | None = None  # a saved plug-in to start from (warm start of a new run)
     gradient_checkpointing: bool = False
     checkpoint_every: int = 50
@@ -197,20 +198,21 @@ def _target_slice(example: Example) -> tuple[slice, torch.Tensor]:
 
 def example_losses(lm: LoadedModel, plugin: BeaconPlugin, example: Example, *, window: int, ratio: int,
                    sink: int = 0, distill_weight: float = 0.0, temperature: float = 1.0,
-                   raw_weight: float = 0.0, grad: bool = True,
+                   raw_weight: float = 0.0, answer_weight: float = 0.0, grad: bool = True,
                    checkpoint: bool = False) -> dict[str, torch.Tensor]:
-    """Loss terms of one example: ``lm`` (next-token NLL on the target), ``distill`` (KL), ``raw``, ``loss``."""
+    """Loss terms of one example: ``lm`` (next-token NLL on the target), ``distill`` (KL), ``raw``,
+    ``answer`` (NLL on the answer's tokens only, when it has an ``answer_span``), ``loss``."""
     return batch_losses(lm, plugin, [example], window=window, ratio=ratio, sink=sink,
                         distill_weight=distill_weight, temperature=temperature, raw_weight=raw_weight,
-                        grad=grad, checkpoint=checkpoint)
+                        answer_weight=answer_weight, grad=grad, checkpoint=checkpoint)
 
 
 def batch_losses(lm: LoadedModel, plugin: BeaconPlugin, examples: list[Example], *, window: int, ratio: int,
                  sink: int = 0, distill_weight: float = 0.0, temperature: float = 1.0,
-                 raw_weight: float = 0.0, grad: bool = True,
+                 raw_weight: float = 0.0, answer_weight: float = 0.0, grad: bool = True,
                  checkpoint: bool = False) -> dict[str, torch.Tensor]:
     """Loss terms averaged over ``examples``, each example's own mean first (as gradient accumulation
-    over them one by one would give): ``lm``, ``distill``, ``raw``, ``loss``.
+    over them one by one would give): ``lm``, ``distill``, ``raw``, ``answer``, ``loss``.
 
     Examples with contexts of equal length go through the window loop together as one batch
     (``compress_rows``); a GPU step then costs about the kernel launches of one example.
@@ -223,6 +225,11 @@ def batch_losses(lm: LoadedModel, plugin: BeaconPlugin, examples: list[Example],
     beacons. It scores the whole context, not only the few target tokens, so each forward teaches
     the beacons from ten to twenty times more predictions: what a CPU budget of a few hundred
     thousand tokens needs.
+
+    ``answer`` is the NLL of the answer's own tokens (``Example.answer_span``: the digits of a pass
+    key, not the sentence around them), averaged over the examples that have one; it is present
+    only when some do. ``answer_weight > 0`` adds it to ``loss`` once more: the template around an
+    answer is learnt within a few steps, after which it still makes up most of the target loss.
     """
     if not examples:
         raise ValueError("batch_losses needs at least one example")
@@ -230,18 +237,22 @@ def batch_losses(lm: LoadedModel, plugin: BeaconPlugin, examples: list[Example],
     for example in examples:
         groups.setdefault(len(example.context_ids), []).append(example)
     totals: dict[str, torch.Tensor] = {}
+    answered = sum(_answer_rows(e) is not None for e in examples)
     for group in groups.values():
         part = _group_losses(lm, plugin, group, window=window, ratio=ratio, sink=sink,
                              distill_weight=distill_weight, temperature=temperature, raw_weight=raw_weight,
-                             grad=grad, checkpoint=checkpoint)
+                             answer_weight=answer_weight, grad=grad, checkpoint=checkpoint)
+        weight = {key: float(len(group)) for key in part}
+        if "answer" in part:  # a mean over the examples that have an answer, not over all
+            weight["answer"] = float(sum(_answer_rows(e) is not None for e in group))
         for key, value in part.items():
-            totals[key] = totals[key] + value * len(group) if key in totals else value * len(group)
-    return {key: value / len(examples) for key, value in totals.items()}
+            totals[key] = totals[key] + value * weight[key] if key in totals else value * weight[key]
+    return {key: value / (answered if key == "answer" else len(examples)) for key, value in totals.items()}
 
 
 def _group_losses(lm: LoadedModel, plugin: BeaconPlugin, group: list[Example], *, window: int, ratio: int,
-                  sink: int, distill_weight: float, temperature: float, raw_weight: float, grad: bool,
-                  checkpoint: bool) -> dict[str, torch.Tensor]:
+                  sink: int, distill_weight: float, temperature: float, raw_weight: float,
+                  answer_weight: float, grad: bool, checkpoint: bool) -> dict[str, torch.Tensor]:
     """``batch_losses`` for examples whose contexts have the same length (one batch)."""
     n = len(group[0].context_ids)
     ids = torch.tensor([e.context_ids for e in group], dtype=torch.long, device=lm.device)
@@ -263,11 +274,15 @@ def _group_losses(lm: LoadedModel, plugin: BeaconPlugin, group: list[Example], *
                        use_cache=True)
         logits = out.logits.float()
         teacher = full_context_logits(lm, group) if distill_weight > 0 else None
-        nll, kl = [], []
+        nll, kl, answer = [], [], []
         for row, example in enumerate(group):
             rows, targets = _target_slice(example)
             student = logits[row, rows]
-            nll.append(F.cross_entropy(student, targets.to(student.device)))
+            per_token = F.cross_entropy(student, targets.to(student.device), reduction="none")
+            nll.append(per_token.mean())
+            span = _answer_rows(example)
+            if span is not None:
+                answer.append(per_token[span].mean())
             if teacher is not None:
                 t = temperature
                 kl.append(F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher[row, rows] / t, -1),
@@ -280,7 +295,23 @@ def _group_losses(lm: LoadedModel, plugin: BeaconPlugin, group: list[Example], *
         if raw_sum:
             out_losses["raw"] = torch.stack(raw_sum).sum() / (len(group) * n)
             out_losses["loss"] = out_losses["loss"] + raw_weight * out_losses["raw"]
+        if answer:
+            out_losses["answer"] = torch.stack(answer).mean()
+            if answer_weight > 0:
+                # Scaled by the share of rows with an answer, so the batch mean of ``loss`` is the
+                # mean over examples of each example's own loss (lm examples add nothing).
+                share = len(answer) / len(group)
+                out_losses["loss"] = out_losses["loss"] + answer_weight * share * out_losses["answer"]
     return out_losses
+
+
+def _answer_rows(example: Example) -> slice | None:
+    """The answer's tokens among the rows ``_target_slice`` scores (target token ``j`` is row ``j``
+    whenever the prompt is not empty, which every example with an answer has)."""
+    if example.answer_span is None or example.loss_start == 0:
+        return None
+    start, end = example.answer_span
+    return slice(start, end)
 
 
 @torch.no_grad()
@@ -300,13 +331,18 @@ def full_context_logits(lm: LoadedModel, examples: list[Example]) -> torch.Tenso
 
 @torch.no_grad()
 def reference_losses(lm: LoadedModel, example: Example) -> dict[str, float]:
-    """Target NLL with the full (uncompressed) context and with no context at all: the two bounds."""
+    """Target NLL with the full (uncompressed) context and with no context at all: the two bounds
+    (and the same two for the answer's tokens alone, ``answer_full`` / ``answer_none``, if any)."""
     rows, targets = _target_slice(example)
-    full = F.cross_entropy(full_context_logits(lm, [example])[0][rows], targets.to(lm.device)).item()
+    targets = targets.to(lm.device)
+    full = F.cross_entropy(full_context_logits(lm, [example])[0][rows], targets, reduction="none")
     ids = torch.tensor([example.continuation_ids], device=lm.device)
-    bare = lm.model(input_ids=ids).logits[0].float()
-    none = F.cross_entropy(bare[rows], targets.to(lm.device)).item()
-    return {"full": full, "none": none}
+    none = F.cross_entropy(lm.model(input_ids=ids).logits[0].float()[rows], targets, reduction="none")
+    out = {"full": full.mean().item(), "none": none.mean().item()}
+    span = _answer_rows(example)
+    if span is not None:
+        out.update(answer_full=full[span].mean().item(), answer_none=none[span].mean().item())
+    return out
 
 
 # ---------------------------------------------------------------------------- schedule
@@ -450,7 +486,7 @@ class Trainer:
             f"- plug-in: low-rank {c.low_rank} deltas over the base q/k/v + beacon embedding\n"
             f"- objective: compression-based auto-regression (context through the beacon window loop with "
             f"gradients, next-token loss on the continuation), distillation weight {c.distill_weight}, raw-token "
-            f"loss weight {c.raw_loss_weight}; warm start: {c.init_plugin or 'none (untrained copy)'}\n"
+            f"loss weight {c.raw_loss_weight}, answer-token weight {c.answer_weight}; warm start: {c.init_plugin or 'none (untrained copy)'}\n"
             f"- window {c.window}, ratios {list(c.ratios)} (one per step), sink {c.sink}\n"
             f"- data: offline mixture {c.tasks} from `split_sources('train')` (Python stdlib docs), contexts "
             f"{list(c.context_tokens)} tokens, targets up to {c.target_tokens} tokens; seed {c.seed}\n"
@@ -480,11 +516,12 @@ class Trainer:
         examples = self.eval_examples()
         if self._eval_refs is None:
             self._eval_refs = [reference_losses(self.lm, e) for e in examples]
-        compressed = [
+        losses = [
             example_losses(self.lm, self.plugin, e, window=self.config.window, ratio=self.config.eval_ratio,
-                           sink=self.config.sink, grad=False)["lm"].item()
+                           sink=self.config.sink, grad=False)
             for e in examples
         ]
+        compressed = [loss["lm"].item() for loss in losses]
         result: dict[str, Any] = {
             "eval_compressed": sum(compressed) / len(compressed),
             "eval_full": sum(r["full"] for r in self._eval_refs) / len(examples),
@@ -504,6 +541,20 @@ class Trainer:
         result["eval_gap_recovered_by_task"] = {
             t: (m[2] - m[0]) / (m[2] - m[1]) if abs(m[2] - m[1]) > 1e-6 else None for t, m in means.items()
         }
+        # The answer's tokens alone: the template around them is learnt early and then dominates
+        # the QA target loss, so its gap overstates what the memory carries (digits, names).
+        per_answer: dict[str, list[tuple[float, float, float]]] = {}
+        for e, loss, ref in zip(examples, losses, self._eval_refs):
+            if "answer" in loss and "answer_full" in ref:
+                per_answer.setdefault(e.task, []).append((loss["answer"].item(), ref["answer_full"],
+                                                          ref["answer_none"]))
+        answer_means = {t: [sum(column) / len(rows) for column in zip(*rows)] for t, rows in per_answer.items()}
+        result["eval_answer_by_task"] = {t: m[0] for t, m in answer_means.items()}
+        result["eval_answer_full_by_task"] = {t: m[1] for t, m in answer_means.items()}
+        result["eval_answer_none_by_task"] = {t: m[2] for t, m in answer_means.items()}
+        result["eval_answer_gap_recovered_by_task"] = {
+            t: (m[2] - m[0]) / (m[2] - m[1]) if abs(m[2] - m[1]) > 1e-6 else None for t, m in answer_means.items()
+        }
         self._last_eval = result
         return result
 
@@ -518,14 +569,15 @@ class Trainer:
         ratio = step_ratio(c, self.step)
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        totals = {"loss": 0.0, "lm": 0.0, "distill": 0.0, "raw": 0.0}
+        totals = {"loss": 0.0, "lm": 0.0, "distill": 0.0, "raw": 0.0, "answer": 0.0}
         tokens = 0
         for micro in range(c.grad_accum):
             index = self.step * c.grad_accum + micro
             batch = self.data.batch(index, c.batch_size)
             losses = batch_losses(self.lm, self.plugin, batch, window=c.window, ratio=ratio, sink=c.sink,
                                   distill_weight=c.distill_weight, temperature=c.distill_temperature,
-                                  raw_weight=c.raw_loss_weight, checkpoint=c.gradient_checkpointing)
+                                  raw_weight=c.raw_loss_weight, answer_weight=c.answer_weight,
+                                  checkpoint=c.gradient_checkpointing)
             (losses["loss"] / c.grad_accum).backward()
             for key in totals:
                 if key in losses:
@@ -540,7 +592,8 @@ class Trainer:
         self.tokens += tokens
         self.seconds += seconds
         return {"step": self.step, "loss": totals["loss"], "lm_loss": totals["lm"],
-                "distill_loss": totals["distill"], "raw_loss": totals["raw"], "ratio": ratio,
+                "distill_loss": totals["distill"], "raw_loss": totals["raw"], "answer_loss": totals["answer"],
+                "ratio": ratio,
                 "tokens": self.tokens, "step_tokens": tokens,
                 "seconds": round(self.seconds, 3), "step_seconds": round(seconds, 3), "lr": lr,
                 "grad_norm": float(norm)}
@@ -632,6 +685,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distill-temperature", type=float, default=d.distill_temperature)
     parser.add_argument("--raw-loss-weight", type=float, default=d.raw_loss_weight,
                         help="weight of the paper's next-token loss on the context's raw tokens (0: off)")
+    parser.add_argument("--answer-weight", type=float, default=d.answer_weight,
+                        help="extra weight on the answer's own tokens (a pass key's digits) in QA targets (0: off)")
     parser.add_argument("--init-plugin", default=None, help="start a new run from this saved plug-in folder")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute each window's activations in backward (less memory, ~1/3 more compute)")
@@ -659,7 +714,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         ratios=tuple(args.ratios), sink=args.sink, low_rank=args.low_rank or None,
         context_tokens=tuple(args.context_tokens), target_tokens=args.target_tokens, tasks=tasks,
         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
-        raw_loss_weight=args.raw_loss_weight, init_plugin=args.init_plugin,
+        raw_loss_weight=args.raw_loss_weight, answer_weight=args.answer_weight, init_plugin=args.init_plugin,
         gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, eval_every=args.eval_every, eval_examples=args.eval_examples,
         eval_context_tokens=args.eval_context_tokens, eval_ratio=args.eval_ratio, export_dir=args.export_dir,

@@ -49,7 +49,12 @@ def plot(log: str | Path, out: str | Path) -> Path:
         gap_ax = axes[2]
         for task in rows[gaps[-1]]["eval_gap_recovered_by_task"]:
             values = [rows[s]["eval_gap_recovered_by_task"].get(task) for s in gaps]
-            gap_ax.plot(gaps, [float("nan") if v is None else v for v in values], marker="o", label=task)
+            line = gap_ax.plot(gaps, [float("nan") if v is None else v for v in values], marker="o", label=task)
+            # Dashed, same colour: the answer's tokens alone, where the log has them.
+            answers = [rows[s].get("eval_answer_gap_recovered_by_task", {}).get(task) for s in gaps]
+            if any(v is not None for v in answers):
+                gap_ax.plot(gaps, [float("nan") if v is None else v for v in answers], ls="--", marker=".",
+                            color=line[0].get_color(), label=f"{task}: answer tokens")
         gap_ax.axhline(0, color="grey", lw=0.6)
         gap_ax.set(title="share of the no-context -> full gap recovered", xlabel="step")
         gap_ax.legend()
