@@ -235,11 +235,13 @@ def test_cli_arguments_build_the_config():
     add_arguments(parser)
     args = parser.parse_args(["--steps", "7", "--ratios", "2,8", "--low-rank", "0", "--context-tokens", "64,128",
                               "--tasks", '{"passkey": 1}', "--distill-weight", "0.3", "--no-resume",
-                              "--raw-loss-weight", "0.5", "--init-plugin", "some/plugin", "--batch-size", "4"])
+                              "--raw-loss-weight", "0.5", "--init-plugin", "some/plugin", "--batch-size", "4",
+                              "--answer-weight", "1.5"])
     cfg = config_from_args(args)
     assert (cfg.steps, cfg.ratios, cfg.low_rank, cfg.context_tokens) == (7, (2, 8), None, (64, 128))
     assert cfg.tasks == {"passkey": 1} and cfg.distill_weight == 0.3 and cfg.resume is False
     assert cfg.raw_loss_weight == 0.5 and cfg.init_plugin == "some/plugin" and cfg.batch_size == 4
+    assert cfg.answer_weight == 1.5
     assert TrainConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
     with pytest.raises(ValueError):
         TrainConfig(window=100, ratios=(8,)).check()
@@ -450,3 +452,28 @@ def test_train_speed_bench_measures_every_batch_size(embedded):
     assert result["model"].endswith("-narrow") and result["setting"]["context_tokens"] == 64
     with pytest.raises(SystemExit):
         parser.parse_args(["--batch-sizes", "0,2"])
+
+
+def test_eval_only_prints_the_starting_plugins_eval_and_trains_nothing(tmp_path, lm, capsys):
+    """``beacon-rag train --eval-only``: a saved plug-in's held-out figures, no training step."""
+    import argparse
+
+    from beacon_rag.beacon.train import add_arguments, run
+
+    lm.model.save_pretrained(tmp_path / "model")
+    lm.tokenizer.save_pretrained(tmp_path / "model")
+    plugin = _perturbed_plugin(lm, seed=4)
+    plugin.save(tmp_path / "plugin")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    common = ["--model", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"), "--window", "16",
+              "--ratios", "2,4", "--low-rank", "4", "--eval-examples", "1", "--eval-context-tokens", "48",
+              "--target-tokens", "8", "--eval-only", "--no-progress"]
+    assert run(parser.parse_args([*common, "--init-plugin", str(tmp_path / "plugin")])) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert run(parser.parse_args(common)) == 0
+    untrained = json.loads(capsys.readouterr().out)
+    assert trained["eval_ratio"] == 4 and set(trained["eval_by_task"]) == {"lm", "passkey", "multidoc", "multiturn"}
+    assert trained["eval_full"] == untrained["eval_full"] and trained["eval_compressed"] != untrained["eval_compressed"]
+    assert "passkey" in trained["eval_answer_gap_recovered_by_task"]
+    assert not list((tmp_path / "out").glob("step-*")) and not (tmp_path / "out" / "log.jsonl").exists()

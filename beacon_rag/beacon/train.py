@@ -700,6 +700,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="print the held-out eval of the starting plug-in (--init-plugin, else the untrained "
+                             "copy) at --eval-ratio as JSON, and train nothing")
     parser.add_argument("--time-limit", type=float, default=None,
                         help="stop after this many seconds of wall time, with a checkpoint (run again to resume)")
 
@@ -723,7 +726,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``beacon-rag train``: train, print the final checkpoint folder, exit 0."""
+    """``beacon-rag train``: train, print the final checkpoint folder, exit 0 (or, with
+    ``--eval-only``, print the starting plug-in's held-out eval: how saved plug-ins are compared
+    on the trainer's own figures, answer-token gaps included, without a training run)."""
+    if args.eval_only:
+        print(json.dumps(Trainer(config_from_args(args)).evaluate(), indent=1))
+        return 0
     path = train(config_from_args(args), progress=not args.no_progress, time_limit=args.time_limit)
     print(path)
     return 0

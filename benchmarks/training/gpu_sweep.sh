@@ -33,7 +33,16 @@ declare -A RUNS=(
   # from the untrained copy: does the warm start help or carry the CPU runs' habits?
   [mix-scratch]="--low-rank 32 --lr 1e-3"
   [mix-r64-scratch]="--low-rank 64 --lr 1e-3"
+  # For the next lease, with BT_BATCH=32 and $ROOT/init = the shipped plug-in (rank 32): the same
+  # recipe at rank 32, and widened to rank 96 (31 MB, under the 40 MB budget) with the answer's own
+  # tokens weighted; the held-out eval now reports the answer-token gap, the figure that tracks
+  # pass-key and QA accuracy (the template gap does not).
+  [mix-batch]="--init-plugin $ROOT/init --low-rank 32 --lr 5e-4"
+  [wide-answer-batch]="--init-plugin $ROOT/init --low-rank 96 --lr 5e-4 --answer-weight 1.0"
 )
+# BT_RUNS picks the runs (the 2026-11-23 sweep: "mix-warm lm-warm qa-warm r48-warm mix-scratch mix-r64-scratch").
+SELECTED=${BT_RUNS:-mix-batch wide-answer-batch}
+for name in $SELECTED; do [[ -n ${RUNS[$name]+set} ]] || { echo "unknown run $name" >&2; exit 2; }; done
 COMMON=(--device "${BT_DEVICE:-cuda}" --model "$GGUF" --steps 2000 --warmup-steps 30 --window 256 --ratios 2,4,8
         --context-tokens 1024,2048 --target-tokens 48 --checkpoint-every 100 --keep-checkpoints 1
         --eval-every 100 --eval-examples 4 --eval-context-tokens 1024 --eval-ratio 4 --seed 2
@@ -79,7 +88,7 @@ print('fingerprint', lm.fingerprint)"
     ;;
   train)
     mkdir -p "$ROOT/runs"
-    for name in ${BT_RUNS:-${!RUNS[@]}}; do  # BT_RUNS: a subset, when some runs are already out of the race
+    for name in $SELECTED; do
       # shellcheck disable=SC2086  # the per-run options are meant to split into words
       python3 -m beacon_rag.beacon.train "${COMMON[@]}" ${RUNS[$name]} --output-dir "$ROOT/runs/$name" \
         --time-limit "$2" >> "$ROOT/runs/$name.out" 2>&1 &
@@ -87,7 +96,7 @@ print('fingerprint', lm.fingerprint)"
     failed=0
     for job in $(jobs -p); do wait "$job" || failed=$((failed + 1)); done
     echo "runs that failed: $failed"
-    for name in "${!RUNS[@]}"; do echo "== $name"; grep -E "Error|error|Traceback" -A3 "$ROOT/runs/$name.out" | tail -8 || true; done
+    for name in $SELECTED; do echo "== $name"; grep -E "Error|error|Traceback" -A3 "$ROOT/runs/$name.out" | tail -8 || true; done
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
     summary
     ;;
