@@ -345,6 +345,22 @@ def reference_losses(lm: LoadedModel, example: Example) -> dict[str, float]:
     return out
 
 
+def _by_task(prefix: str, rows: list[tuple[str, float, float, float]]) -> dict[str, dict[str, float | None]]:
+    """Per-task means of (compressed, full, none) losses and the share of the none-to-full gap recovered."""
+    per_task: dict[str, list[tuple[float, float, float]]] = {}
+    for task, *losses in rows:
+        per_task.setdefault(task, []).append(tuple(losses))  # type: ignore[arg-type]
+    means = {t: [sum(column) / len(values) for column in zip(*values)] for t, values in per_task.items()}
+    return {
+        f"{prefix}_by_task": {t: m[0] for t, m in means.items()},
+        f"{prefix}_full_by_task": {t: m[1] for t, m in means.items()},
+        f"{prefix}_none_by_task": {t: m[2] for t, m in means.items()},
+        f"{prefix}_gap_recovered_by_task": {
+            t: (m[2] - m[0]) / (m[2] - m[1]) if abs(m[2] - m[1]) > 1e-6 else None for t, m in means.items()
+        },
+    }
+
+
 # ---------------------------------------------------------------------------- schedule
 def lr_factor(step: int, config: TrainConfig) -> float:
     """Linear warmup to 1, then cosine down to ``min_lr_ratio`` at ``steps``."""
@@ -531,30 +547,14 @@ class Trainer:
         # Per task too: the mean hides a plug-in that learns the QA answer template (a large loss drop)
         # while LM continuation stays at the no-context level; the share of the none-to-full gap
         # recovered per task is the figure the quality bench reports.
-        per_task: dict[str, list[tuple[float, float, float]]] = {}
-        for e, loss, ref in zip(examples, compressed, self._eval_refs):
-            per_task.setdefault(e.task, []).append((loss, ref["full"], ref["none"]))
-        means = {t: [sum(column) / len(rows) for column in zip(*rows)] for t, rows in per_task.items()}
-        result["eval_by_task"] = {t: m[0] for t, m in means.items()}
-        result["eval_full_by_task"] = {t: m[1] for t, m in means.items()}
-        result["eval_none_by_task"] = {t: m[2] for t, m in means.items()}
-        result["eval_gap_recovered_by_task"] = {
-            t: (m[2] - m[0]) / (m[2] - m[1]) if abs(m[2] - m[1]) > 1e-6 else None for t, m in means.items()
-        }
+        result.update(_by_task("eval", [(e.task, loss["lm"].item(), ref["full"], ref["none"])
+                                        for e, loss, ref in zip(examples, losses, self._eval_refs)]))
         # The answer's tokens alone: the template around them is learnt early and then dominates
         # the QA target loss, so its gap overstates what the memory carries (digits, names).
-        per_answer: dict[str, list[tuple[float, float, float]]] = {}
-        for e, loss, ref in zip(examples, losses, self._eval_refs):
-            if "answer" in loss and "answer_full" in ref:
-                per_answer.setdefault(e.task, []).append((loss["answer"].item(), ref["answer_full"],
-                                                          ref["answer_none"]))
-        answer_means = {t: [sum(column) / len(rows) for column in zip(*rows)] for t, rows in per_answer.items()}
-        result["eval_answer_by_task"] = {t: m[0] for t, m in answer_means.items()}
-        result["eval_answer_full_by_task"] = {t: m[1] for t, m in answer_means.items()}
-        result["eval_answer_none_by_task"] = {t: m[2] for t, m in answer_means.items()}
-        result["eval_answer_gap_recovered_by_task"] = {
-            t: (m[2] - m[0]) / (m[2] - m[1]) if abs(m[2] - m[1]) > 1e-6 else None for t, m in answer_means.items()
-        }
+        result.update(_by_task("eval_answer", [
+            (e.task, loss["answer"].item(), ref["answer_full"], ref["answer_none"])
+            for e, loss, ref in zip(examples, losses, self._eval_refs) if "answer" in loss and "answer_full" in ref
+        ]))
         self._last_eval = result
         return result
 
