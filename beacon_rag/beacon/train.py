@@ -237,17 +237,18 @@ def batch_losses(lm: LoadedModel, plugin: BeaconPlugin, examples: list[Example],
     for example in examples:
         groups.setdefault(len(example.context_ids), []).append(example)
     totals: dict[str, torch.Tensor] = {}
-    answered = sum(_answer_rows(e) is not None for e in examples)
+    counts: dict[str, int] = {}
     for group in groups.values():
         part = _group_losses(lm, plugin, group, window=window, ratio=ratio, sink=sink,
                              distill_weight=distill_weight, temperature=temperature, raw_weight=raw_weight,
                              answer_weight=answer_weight, grad=grad, checkpoint=checkpoint)
-        weight = {key: float(len(group)) for key in part}
-        if "answer" in part:  # a mean over the examples that have an answer, not over all
-            weight["answer"] = float(sum(_answer_rows(e) is not None for e in group))
+        answered = sum(_answer_rows(e) is not None for e in group)
         for key, value in part.items():
-            totals[key] = totals[key] + value * weight[key] if key in totals else value * weight[key]
-    return {key: value / (answered if key == "answer" else len(examples)) for key, value in totals.items()}
+            # ``answer`` is a mean over the examples that have one; every other term over all.
+            count = answered if key == "answer" else len(group)
+            totals[key] = totals[key] + value * count if key in totals else value * count
+            counts[key] = counts.get(key, 0) + count
+    return {key: value / counts[key] for key, value in totals.items()}
 
 
 def _group_losses(lm: LoadedModel, plugin: BeaconPlugin, group: list[Example], *, window: int, ratio: int,
@@ -348,8 +349,8 @@ def reference_losses(lm: LoadedModel, example: Example) -> dict[str, float]:
 def _by_task(prefix: str, rows: list[tuple[str, float, float, float]]) -> dict[str, dict[str, float | None]]:
     """Per-task means of (compressed, full, none) losses and the share of the none-to-full gap recovered."""
     per_task: dict[str, list[tuple[float, float, float]]] = {}
-    for task, *losses in rows:
-        per_task.setdefault(task, []).append(tuple(losses))  # type: ignore[arg-type]
+    for task, compressed, full, none in rows:
+        per_task.setdefault(task, []).append((compressed, full, none))
     means = {t: [sum(column) / len(values) for column in zip(*values)] for t, values in per_task.items()}
     return {
         f"{prefix}_by_task": {t: m[0] for t, m in means.items()},

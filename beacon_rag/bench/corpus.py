@@ -54,8 +54,8 @@ def split_of(name: str) -> Split:
 def _module_text(name: str) -> str:
     try:
         module = importlib.import_module(name)
-    except Exception:  # noqa: BLE001 - any import error (not only ImportError): a module missing from this Python build is simply not a source
-        return ""
+    except Exception:  # noqa: BLE001 - not only ImportError: some modules fail in other ways at import
+        return ""  # a module missing from this Python build, or failing at import, is simply not a source
     parts = [inspect.getdoc(module) or ""]
     for attr in sorted(vars(module)):
         obj = getattr(module, attr, None)

@@ -259,7 +259,7 @@ def decode_entry(key: str, blob: bytes, expect: Mapping[str, Any] | None = None)
         raise
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
-    except BaseException as exc:
+    except BaseException as exc:  # Rust panics (safetensors) derive from BaseException
         raise CorruptEntry(f"cannot decode entry: {type(exc).__name__}: {exc}") from exc
 
 

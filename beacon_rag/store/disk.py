@@ -136,7 +136,7 @@ class SafeDisk(diskcache.Disk):
                 raise RefusedRow("binary row without a value file")
             full_path = op.join(self._directory, filename)
             if read:
-                return open(full_path, "rb")
+                return open(full_path, "rb")  # the caller owns the handle (diskcache streams it)
             with open(full_path, "rb") as reader:
                 return reader.read()
         raise RefusedRow(f"row stored in mode {mode} (pickle/text) is refused")
