@@ -397,6 +397,22 @@ def test_answer_spans_cover_exactly_the_answer(embedded):
     assert make_task_examples(embedded, "lm", "train", 1, 200, seed=5)[0].answer_span is None
 
 
+def test_recall_quotes_the_context_after_its_cue(embedded):
+    """The recall target is the very tokens of the context that follow the cue the prompt quotes;
+    about half of the quotes open on a hidden reference number's digits."""
+    examples = make_task_examples(embedded, "recall", "train", 12, 400, seed=6, target_tokens=24)
+    on_digits = 0
+    for e in examples:
+        start = e.meta["start"]
+        assert len(e.context_ids) == 400 and e.target_ids == e.context_ids[start : start + 24]
+        assert e.answer_span == (0, 24) and e.answer == embedded.tokenizer.decode(e.target_ids)
+        prompt = embedded.tokenizer.decode(e.prompt_ids)
+        assert embedded.tokenizer.decode(e.context_ids[start - 8 : start]) in prompt
+        on_digits += e.answer.lstrip()[:1].isdigit() and "(ref." in embedded.tokenizer.decode(e.context_ids[start - 3 : start])
+    assert 2 <= on_digits <= 10
+    assert make_task_examples(embedded, "recall", "heldout", 2, 400, seed=6)[0].context_ids != examples[0].context_ids
+
+
 def test_answer_weight_adds_the_answer_tokens_loss(lm, examples):
     from beacon_rag.beacon.train import example_losses
 
@@ -418,7 +434,7 @@ def test_training_batches_share_one_exact_context_length(lm):
     assert [e.context_ids for e in data.batch(3, 8)] == [e.context_ids for e in batch]  # a function of the index
     assert batch[0].context_ids != data.batch(4, 8)[0].context_ids
     # Every task builds exactly the length asked for (multi-document and multi-turn included).
-    for task in ("passkey", "kv", "fact", "multidoc", "multiturn", "lm"):
+    for task in ("passkey", "kv", "fact", "multidoc", "multiturn", "lm", "recall"):
         assert {len(e.context_ids) for e in make_task_examples(lm, task, "train", 3, 300, seed=4)} == {300}, task
 
 
@@ -434,6 +450,21 @@ def test_trainer_with_batches(tmp_path, lm):
     assert records[0]["step_tokens"] == sum(e.tokens for e in batch)
     assert all(record["loss"] == record["loss"] and record["loss"] > 0 for record in records)  # finite, not NaN
     assert any(not torch.equal(before[name], p) for name, p in t.plugin.state_dict().items())
+
+
+def test_step_log_has_no_answer_loss_without_an_answer(tmp_path, lm, examples):
+    """A step of plain-text examples has no answer tokens: its log says None, not a perfect 0.0."""
+    plain = make_task_examples(lm, "lm", "train", 2, 56, seed=3, target_tokens=8)
+    for name, data in (("plain", plain), ("qa", examples)):
+        t = trainer(config(tmp_path / name, steps=2), lm, data)
+        t.run(progress=False)
+        records = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+        steps = [r for r in records if "answer_loss" in r]
+        assert len(steps) == 2
+        if name == "plain":
+            assert all(r["answer_loss"] is None for r in steps)
+        else:
+            assert all(r["answer_loss"] > 0 for r in steps)
 
 
 def test_train_speed_bench_measures_every_batch_size(embedded):
@@ -473,7 +504,7 @@ def test_eval_only_prints_the_starting_plugins_eval_and_trains_nothing(tmp_path,
     trained = json.loads(capsys.readouterr().out)
     assert run(parser.parse_args(common)) == 0
     untrained = json.loads(capsys.readouterr().out)
-    assert trained["eval_ratio"] == 4 and set(trained["eval_by_task"]) == {"lm", "passkey", "multidoc", "multiturn"}
+    assert trained["eval_ratio"] == 4 and set(trained["eval_by_task"]) == {"lm", "passkey", "multidoc", "multiturn", "recall"}
     assert trained["eval_full"] == untrained["eval_full"] and trained["eval_compressed"] != untrained["eval_compressed"]
     assert "passkey" in trained["eval_answer_gap_recovered_by_task"]
     assert not list((tmp_path / "out").glob("step-*")) and not (tmp_path / "out" / "log.jsonl").exists()

@@ -32,10 +32,10 @@ from beacon_rag.models import LoadedModel
 logger = logging.getLogger(__name__)
 
 Split = Literal["train", "heldout"]
-TRAIN_TASKS = ("lm", "passkey", "kv", "fact", "multidoc", "multiturn")
+TRAIN_TASKS = ("lm", "passkey", "kv", "fact", "multidoc", "multiturn", "recall")
 # Names the quality bench uses -> internal task names.
 BENCH_TASKS = {"passkey": "passkey", "rag-qa": "multidoc", "multiturn": "multiturn", "lm-loss": "lm",
-               "kv": "kv", "fact": "fact", "lm": "lm", "multidoc": "multidoc"}
+               "kv": "kv", "fact": "fact", "lm": "lm", "multidoc": "multidoc", "recall": "recall"}
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out generators never reuse a training seed
 
 
@@ -284,9 +284,45 @@ class TaskBuilder:
         return Example("multiturn", ids, prompt, target, code, {"turn": secret_turn},
                        answer_span(self.lm, answer_text, code))
 
+    def recall(self, rng: random.Random, context_tokens: int, target_tokens: int) -> Example:
+        """Quote ``target_tokens`` tokens of the compressed context, from where a given cue ends.
+
+        An autoencoding objective (as the in-context autoencoder pretrains its memory slots): every
+        target token must come from the memory, at any place in it, so each example teaches exact
+        recall as densely as a pass key teaches five digits. The documentation filler carries
+        a few numbers; hidden reference numbers add more, and half the quotes start at one,
+        because exact digit strings are what compressed memories lose first.
+        """
+        cue_tokens = 8
+        span = max(min(target_tokens, context_tokens // 4), 1)
+        numbers = [self.lm.encode(f"\n(ref. {rng.randint(1000, 999999)})\n") for _ in range(rng.randint(2, 5))]
+        while numbers and self._budget(context_tokens, *numbers) < 0:
+            numbers.pop()  # a short context holds fewer numbers rather than growing past its length
+        body = self._hide(rng, self._budget(context_tokens, *numbers), numbers)
+        header = self.lm.encode(self.user_glue[0])
+        context = header + body
+        last_start = len(context) - span
+        first_start = len(header) + cue_tokens
+        if last_start < first_start:
+            raise ValueError(f"recall needs a context longer than {first_start + span} tokens, got {len(context)}")
+        starts: list[int] = []
+        if rng.random() < 0.5:
+            # Start right after "(ref." so the quote opens with the digits and the cue names the place.
+            lead = self.lm.encode("\n(ref.")
+            starts = [i + len(lead) for i in range(len(header), len(context) - len(lead))
+                      if context[i : i + len(lead)] == lead and first_start <= i + len(lead) <= last_start]
+        start = rng.choice(starts) if starts else rng.randint(first_start, last_start)
+        quote = context[start : start + span]
+        prompt = (self.lm.encode("\n\nQuote the text above exactly, going on from these words:\n")
+                  + context[start - cue_tokens : start] + self.lm.encode(self.user_glue[1]))
+        return Example("recall", context, prompt, quote, self.lm.decode(quote), {"start": start},
+                       (0, len(quote)))
+
     def build(self, task: str, rng: random.Random, context_tokens: int, target_tokens: int = 32) -> Example:
         if task == "lm":
             return self.lm_example(rng, context_tokens, target_tokens)
+        if task == "recall":
+            return self.recall(rng, context_tokens, target_tokens)
         method = {"passkey": self.passkey, "kv": self.kv, "fact": self.fact, "multidoc": self.multidoc,
                   "multiturn": self.multiturn}.get(task)
         if method is None:

@@ -52,7 +52,7 @@ from beacon_rag.models import LoadedModel
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "step-"
-EVAL_TASKS = ("lm-loss", "passkey", "rag-qa", "multiturn")
+EVAL_TASKS = ("lm-loss", "passkey", "rag-qa", "multiturn", "recall")
 
 
 @dataclass
@@ -570,7 +570,10 @@ class Trainer:
         ratio = step_ratio(c, self.step)
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        totals = {"loss": 0.0, "lm": 0.0, "distill": 0.0, "raw": 0.0, "answer": 0.0}
+        totals = {"loss": 0.0, "lm": 0.0, "distill": 0.0, "raw": 0.0}
+        # The answer loss exists only for batches with a QA example: a step without one logs None
+        # rather than a 0.0 that a plot would draw as a perfect answer.
+        answers: list[float] = []
         tokens = 0
         for micro in range(c.grad_accum):
             index = self.step * c.grad_accum + micro
@@ -583,6 +586,8 @@ class Trainer:
             for key in totals:
                 if key in losses:
                     totals[key] += losses[key].item() / c.grad_accum
+            if "answer" in losses:
+                answers.append(losses["answer"].item())
             tokens += sum(example.tokens for example in batch)
         norm = torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
         lr = self.optimizer.param_groups[0]["lr"]
@@ -593,7 +598,8 @@ class Trainer:
         self.tokens += tokens
         self.seconds += seconds
         return {"step": self.step, "loss": totals["loss"], "lm_loss": totals["lm"],
-                "distill_loss": totals["distill"], "raw_loss": totals["raw"], "answer_loss": totals["answer"],
+                "distill_loss": totals["distill"], "raw_loss": totals["raw"],
+                "answer_loss": sum(answers) / len(answers) if answers else None,
                 "ratio": ratio,
                 "tokens": self.tokens, "step_tokens": tokens,
                 "seconds": round(self.seconds, 3), "step_seconds": round(seconds, 3), "lr": lr,
