@@ -232,6 +232,31 @@ def test_lm_loss_ratio_one_matches_full(lm):
     assert report["gap_recovered"] == pytest.approx(1.0, abs=1e-4)
 
 
+def test_lm_loss_live_tail_feeds_the_newest_tokens_raw_in_every_condition(lm):
+    """With ``--live-tail`` the full condition still equals a plain pass over the whole stretch, the
+    none condition sees only the tail, and the tail's raw slots are counted in the budget."""
+    argv = ["--task", "lm-loss", "--compressor", "streaming", "--ratio", "4", "--examples", "2",
+            "--context-tokens", "48", "--continuation-tokens", "8", "--live-tail", "16"]
+    report = quality.run(bench_args(*argv), lm=lm)
+    example = quality.make_lm_examples(lm, 2, 48, 8)[0]
+    ids = torch.tensor([example.context_ids + example.continuation_ids])
+    with torch.inference_mode():
+        plain = lm.model(input_ids=ids).logits[0].float()
+        tail_only = lm.model(input_ids=ids[:, 32:]).logits[0].float()
+    full0 = torch.nn.functional.cross_entropy(plain[48:-1], ids[0, 49:]).item()
+    none0 = torch.nn.functional.cross_entropy(tail_only[16:-1], ids[0, 49:]).item()
+    detailed = quality.run(bench_args(*argv, "--details"), lm=lm)
+    assert detailed["per_example"][0]["full"] == pytest.approx(full0, abs=1e-4)
+    assert detailed["per_example"][0]["none"] == pytest.approx(none0, abs=1e-4)
+    # streaming at 4 keeps a quarter of the 32 older tokens (8), plus the 16 raw ones: 24 of 48
+    assert report["live_tail"] == 16 and report["kept_slots_per_token"] == pytest.approx(24 / 48)
+    assert report["loss"] != pytest.approx(quality.run(bench_args(*argv[:-2]), lm=lm)["loss"])
+    with pytest.raises(ValueError, match="leaves nothing to compress"):
+        quality.run(bench_args(*argv[:-1], "48"), lm=lm)
+    with pytest.raises(SystemExit):
+        bench_args(*argv[:-1], "-1")
+
+
 @pytest.mark.parametrize("task", ["rag-qa", "lm-loss"])
 def test_matrix_rows_equal_single_method_runs(lm, task):
     common = ["--task", task, "--examples", "2", "--context-tokens", "64", "--max-tokens", "24",

@@ -27,6 +27,12 @@ fixed seeds, so every method and every run sees the same examples):
   predict it from without context), so ``--continuation-tokens`` tokens are scored in each.
   ``gap_recovered = (none - loss) / (none - full)``: 1 means as good as full context, 0 as bad as none.
   Its ``ratio_to_full`` is ``exp(full - loss)``, full-context perplexity over the method's (1 = as good).
+  ``--live-tail N`` keeps the context's last ``N`` tokens raw in every condition (``none`` included):
+  they are prefilled after the compressed memory, as the engine prefills an uncached tail and as
+  the paper's live window stays raw. The compressor then only sees the older tokens, and the gap
+  measures what the memory keeps of them; with no tail the figure mostly measures the last few
+  tokens before the continuation, which is why keeping the newest tokens (``streaming``) looks so good
+  there. Their ``N`` raw slots count in ``kept_slots_per_token``.
 
 ``kept_slots_per_token`` counts every cached segment (system prompt and chat glue included, as the
 engine compresses them all); the live question tail is not counted.
@@ -285,19 +291,29 @@ def gap_recovered(loss: float, full: float, none: float) -> float | None:
     return (none - loss) / gap
 
 
-def continuation_loss(lm: LoadedModel, context: KVContext | None, ids: list[int]) -> float:
-    """Mean loss of ``ids[1:]`` given ``context`` and ``ids[0]`` (teacher-forced, plain model)."""
-    if len(ids) < 2:
-        raise ValueError("a continuation needs at least 2 tokens (one fed, one scored)")
+def continuation_loss(lm: LoadedModel, context: KVContext | None, ids: list[int], fed: int = 1) -> float:
+    """Mean loss of ``ids[fed:]`` given ``context`` and ``ids[:fed]`` (teacher-forced, plain model)."""
+    if fed < 1 or len(ids) <= fed:
+        raise ValueError(f"a continuation needs more than {fed} tokens ({fed} fed, at least one scored)")
     cache = context.to_cache() if context is not None and context.length else None
     inputs = torch.tensor([ids], dtype=torch.long, device=lm.device)
     with lm.lock, torch.inference_mode():
         out = lm.model(input_ids=inputs, past_key_values=cache, use_cache=cache is not None)
-    logits = out.logits[0, :-1].float()
-    return float(torch.nn.functional.cross_entropy(logits, inputs[0, 1:]))
+    logits = out.logits[0, fed - 1 : -1].float()
+    return float(torch.nn.functional.cross_entropy(logits, inputs[0, fed:]))
 
 
 # --------------------------------------------------------------------------- compressors
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def parse_quality_ratio(text: str) -> int | float | str:
     """``--ratio``: an integer, a real number (eviction methods accept e.g. 1.5) or ``adapt`` (beacon)."""
     if text == "adapt":
@@ -407,25 +423,33 @@ def _run_qa(lm: LoadedModel, compressors: list[Compressor], examples: list[QAExa
     return methods, full, none, prompt_tokens
 
 
-def _run_lm(lm: LoadedModel, compressors: list[Compressor],
-            examples: list[LMExample]) -> tuple[list[_Tally], _Tally, _Tally, list[int]]:
-    """Continuation loss after each method's context; ``full`` and ``none`` once per example."""
+def _run_lm(lm: LoadedModel, compressors: list[Compressor], examples: list[LMExample],
+            live_tail: int = 0) -> tuple[list[_Tally], _Tally, _Tally, list[int]]:
+    """Continuation loss after each method's context; ``full`` and ``none`` once per example.
+
+    The last ``live_tail`` context tokens are fed raw before the continuation in every condition
+    (see ``--live-tail``); only the continuation is scored.
+    """
     exact = ExactCompressor()
     methods, full, none = [_Tally() for _ in compressors], _Tally(), _Tally()
     names = "+".join(c.name for c in compressors)
     for example in tqdm(examples, desc=f"lm-loss {names}", unit="example"):
+        cut = len(example.context_ids) - live_tail
+        if cut < 1:
+            raise ValueError(f"--live-tail {live_tail} leaves nothing to compress of a {len(example.context_ids)}-token context")
+        older, fed = example.context_ids[:cut], example.context_ids[cut:] + example.continuation_ids
         for tally, method_ in ((full, exact), *zip(methods, compressors)):
             if tally is not full and method_.name == "exact":
                 tally.scores.append(full.scores[-1])
                 tally.slots, tally.raw = full.slots, full.raw
                 continue
-            kv = method_.compress(lm, example.context_ids, KVContext(lm))
+            kv = method_.compress(lm, older, KVContext(lm))
             context = KVContext(lm)
             context.append(kv)
-            tally.scores.append(continuation_loss(lm, context, example.continuation_ids))
-            tally.slots += kv.slots
-            tally.raw += kv.raw_tokens
-        none.scores.append(continuation_loss(lm, None, example.continuation_ids))
+            tally.scores.append(continuation_loss(lm, context, fed, live_tail + 1))
+            tally.slots += kv.slots + live_tail
+            tally.raw += kv.raw_tokens + live_tail
+        none.scores.append(continuation_loss(lm, None, fed, live_tail + 1))
     return methods, full, none, [len(e.context_ids) for e in examples]
 
 
@@ -456,7 +480,7 @@ def run_matrix(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[
     examples = make_examples(args.task, lm, args.examples, context_tokens, args.seed, args.docs,
                              args.continuation_tokens)
     if args.task == "lm-loss":
-        tallies, full, none, lengths = _run_lm(lm, compressors, examples)  # type: ignore[arg-type]
+        tallies, full, none, lengths = _run_lm(lm, compressors, examples, args.live_tail)  # type: ignore[arg-type]
     else:
         tallies, full, none, lengths = _run_qa(lm, compressors, examples, args.max_tokens)  # type: ignore[arg-type]
     full_score, none_score = full.mean(), none.mean()
@@ -475,6 +499,7 @@ def run_matrix(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[
         "task": args.task, "metric": "loss" if args.task == "lm-loss" else "accuracy", "model": lm.name,
         "n": len(examples), "context_tokens": context_tokens, "mean_prompt_tokens": sum(lengths) / len(lengths),
         "seed": args.seed, "full": full_score, "none": none_score, "methods": rows,
+        **({"live_tail": args.live_tail} if args.task == "lm-loss" else {}),
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
 
@@ -518,7 +543,7 @@ def run(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[str, An
     examples = make_examples(args.task, lm, args.examples, context_tokens, args.seed, args.docs,
                              args.continuation_tokens)
     if args.task == "lm-loss":
-        (method,), full, none, lengths = _run_lm(lm, [compressor], examples)  # type: ignore[arg-type]
+        (method,), full, none, lengths = _run_lm(lm, [compressor], examples, args.live_tail)  # type: ignore[arg-type]
     else:
         (method,), full, none, lengths = _run_qa(lm, [compressor], examples, args.max_tokens)  # type: ignore[arg-type]
 
@@ -541,6 +566,7 @@ def run(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[str, An
             # perplexity of full context over that of the method: 1.0 = as good as full, lower = worse
             ratio_to_full=math.exp(full_score - score),
             continuation_tokens=args.continuation_tokens,
+            live_tail=args.live_tail,
         )
     else:
         report.update(
@@ -597,6 +623,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         ", ".join(f"{k} {v}" for k, v in DEFAULT_CONTEXT_TOKENS.items()) + ")")
     parser.add_argument("--docs", type=int, default=3, help="documents per rag-qa example")
     parser.add_argument("--continuation-tokens", type=int, default=64, help="scored tokens per lm-loss example")
+    parser.add_argument("--live-tail", type=_non_negative, default=0,
+                        help="lm-loss: keep the context's last N tokens raw in every condition, so the "
+                        "gap measures what the compressed older tokens carry (default 0)")
     parser.add_argument("--max-tokens", type=int, default=32, help="new tokens per answer (greedy)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default=None)
