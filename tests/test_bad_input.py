@@ -19,7 +19,7 @@ QUESTION = "What is the vault code?"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "beacon_rag.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "beacon_rag.cli", *args], capture_output=True, text=True, check=False)
 
 
 def test_empty_document_is_refused(tiny_models, tmp_path):
@@ -89,13 +89,11 @@ def test_corrupt_and_truncated_entries_are_misses(tiny_models, tmp_path, caplog)
     keys = [u.key for u in cold.segments]
     # Damage the stored bytes of two entries through the files diskcache keeps them in.
     disk = DiskTier(tmp_path)
-    damaged = 0
-    for key in keys[:2]:
+    for damaged, key in enumerate(keys[:2]):
         value = disk._cache.get(key)
         assert isinstance(value, bytes)
         broken = value[: len(value) // 2] if damaged == 0 else value[:-9] + bytes([value[-9] ^ 0xFF]) + value[-8:]
         disk._cache.set(key, broken)
-        damaged += 1
     disk.close()
     caplog.set_level(logging.WARNING)
     engine = Engine(lm, cache_dir=tmp_path)

@@ -39,8 +39,8 @@ def test_embedded_model_loads_fast_the_second_time(embedded):
     # dequantization and no re-hashing of the weights (checked by what it logs, not by timing,
     # which a busy machine would make flaky).
     done = subprocess.run(
-        [sys.executable, "-c", "import logging; logging.basicConfig(level=logging.DEBUG); "
-         "from beacon_rag.models import load_model; m = load_model(); print(m.fingerprint)"],
+        [sys.executable, "-c", ("import logging; logging.basicConfig(level=logging.DEBUG); "
+                                "from beacon_rag.models import load_model; m = load_model(); print(m.fingerprint)")],
         capture_output=True, text=True, check=True,
     )
     assert done.stdout.split()[-1] == embedded.fingerprint

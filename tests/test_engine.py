@@ -40,7 +40,7 @@ def test_exact_chained_equals_plain_prefill(tiny_models, family, tmp_path):
     engine = Engine(lm, cache_dir=tmp_path)
     messages = rag_messages(QUESTION, DOCS)
     ids = engine.prompt_token_ids(messages)
-    expected, first_logits = plain_greedy(lm, ids, 12)
+    expected, _first_logits = plain_greedy(lm, ids, 12)
     result = engine.generate(messages, max_new_tokens=12)
     assert result.token_ids == expected
     assert result.usage.input_tokens == len(ids)

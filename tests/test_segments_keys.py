@@ -41,7 +41,7 @@ def test_document_blocks_are_their_own_segments(embedded):
 
 def test_no_system_message_still_splits_documents(embedded):
     messages = [Message("user", [Block("doc text", document=True), Block("question")])]
-    segments, tail = build_segments(embedded, messages)
+    segments, _tail = build_segments(embedded, messages)
     assert [s.kind for s in segments] == ["context", "document"]
     assert segments[1].text == "doc text"
 

@@ -617,7 +617,7 @@ def test_stale_lease_from_dead_process_expires(tmp_path: Path) -> None:
     assert not disk.try_acquire_lease(LEASE_PREFIX + KEY, b"someone-else", ttl=0.6)
     store = TieredStore(MemoryTier(2**20), disk, poll_interval=0.02, max_poll_interval=0.1)
     t0 = time.monotonic()
-    entry, source = store.get_or_compute(KEY, lambda: make_entry(16))
+    _entry, source = store.get_or_compute(KEY, lambda: make_entry(16))
     waited = time.monotonic() - t0
     assert source == "computed" and 0.4 < waited < 5
     assert store.stats()["lease_waits"] == 1
