@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 Split = Literal["train", "heldout"]
 TRAIN_TASKS = ("lm", "passkey", "kv", "fact", "multidoc", "multiturn", "recall")
-# Names the quality bench uses -> internal task names.
+# Task names the quality bench and the trainer's held-out eval use -> internal task names.
 BENCH_TASKS = {"passkey": "passkey", "rag-qa": "multidoc", "multiturn": "multiturn", "lm-loss": "lm",
                "kv": "kv", "fact": "fact", "lm": "lm", "multidoc": "multidoc", "recall": "recall"}
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out generators never reuse a training seed
