@@ -167,6 +167,8 @@ class TaskBuilder:
         self.lm, self.split = lm, split
         self.stream, self.source_names = filler_stream(lm, split)
         self.user_glue = render_glue(lm, ["user"], add_generation_prompt=True)
+        # Every single-turn context opens with this chat header; tokenized once, not per example.
+        self.header_ids = lm.encode(self.user_glue[0])
         eos = sorted(lm.eos_token_ids)
         # The end-of-turn token closes every answer, so the model also learns to stop.
         end = lm.tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in lm.tokenizer.get_vocab() else None
@@ -176,10 +178,9 @@ class TaskBuilder:
     def _qa(self, task: str, body: list[int], question: str, answer_text: str, answer: str,
             meta: dict[str, object] | None = None) -> Example:
         """Chat-format a single-turn QA example: header + body compressed, question + answer plain."""
-        header = self.lm.encode(self.user_glue[0])
         prompt = self.lm.encode("\n\n" + question + self.user_glue[1])
         target = self.lm.encode(answer_text) + self.end_ids
-        return Example(task, header + body, prompt, target, answer, dict(meta or {}),
+        return Example(task, self.header_ids + body, prompt, target, answer, dict(meta or {}),
                        answer_span(self.lm, answer_text, answer))
 
     def _hide(self, rng: random.Random, filler_tokens: int, needles: Sequence[list[int]]) -> list[int]:
@@ -194,7 +195,7 @@ class TaskBuilder:
         return out + filler[previous:]
 
     def _budget(self, context_tokens: int, *pieces: list[int]) -> int:
-        used = len(self.lm.encode(self.user_glue[0])) + sum(len(p) for p in pieces)
+        used = len(self.header_ids) + sum(len(p) for p in pieces)
         return context_tokens - used
 
     # -------------------------------------------------------------- tasks
@@ -299,17 +300,16 @@ class TaskBuilder:
         while numbers and self._budget(context_tokens, *numbers) < 0:
             numbers.pop()  # a short context holds fewer numbers rather than growing past its length
         body = self._hide(rng, self._budget(context_tokens, *numbers), numbers)
-        header = self.lm.encode(self.user_glue[0])
-        context = header + body
+        context = self.header_ids + body
         last_start = len(context) - span
-        first_start = len(header) + cue_tokens
+        first_start = len(self.header_ids) + cue_tokens
         if last_start < first_start:
             raise ValueError(f"recall needs a context longer than {first_start + span} tokens, got {len(context)}")
         starts: list[int] = []
         if rng.random() < 0.5:
             # Start right after "(ref." so the quote opens with the digits and the cue names the place.
             lead = self.lm.encode("\n(ref.")
-            starts = [i + len(lead) for i in range(len(header), len(context) - len(lead))
+            starts = [i + len(lead) for i in range(len(self.header_ids), len(context) - len(lead))
                       if context[i : i + len(lead)] == lead and first_start <= i + len(lead) <= last_start]
         start = rng.choice(starts) if starts else rng.randint(first_start, last_start)
         quote = context[start : start + span]
