@@ -94,6 +94,15 @@ def test_loss_decreases_and_only_plugin_changes(tmp_path, lm, examples):
     assert answer_none != pytest.approx(none) and answer_full != pytest.approx(full)
     assert last["eval_answer_gap_recovered_by_task"]["passkey"] == pytest.approx(
         (answer_none - last["eval_answer_by_task"]["passkey"]) / (answer_none - answer_full))
+    # Teacher-forced accuracy beside the losses: the share of argmax hits on the answer's tokens and
+    # of answers whose every token hits, in the three conditions.
+    for metric in ("answer_token_accuracy", "answer_exact"):
+        for condition in ("", "_full", "_none"):
+            value = last[f"eval_{metric}{condition}_by_task"]["passkey"]
+            assert 0.0 <= value <= 1.0, (metric, condition, value)
+    for condition in ("", "_full", "_none"):
+        assert (last[f"eval_answer_exact{condition}_by_task"]["passkey"]
+                <= last[f"eval_answer_token_accuracy{condition}_by_task"]["passkey"])
     assert "answer_loss" in records[1]
     # The learning-curve PNG of issue 5 is drawn from this log.
     from beacon_rag.bench.training_curve import plot
@@ -395,6 +404,27 @@ def test_answer_spans_cover_exactly_the_answer(embedded):
             assert embedded.tokenizer.decode(e.target_ids[start:end]).strip() == e.answer, task
             assert end < len(e.target_ids)  # the end-of-turn token (and the full stop) are outside
     assert make_task_examples(embedded, "lm", "train", 1, 200, seed=5)[0].answer_span is None
+
+
+def test_answer_exact_is_what_greedy_decoding_prints(embedded):
+    """Teacher-forced exact match of the answer's tokens equals greedy decoding's answer after the
+    same prompt: checked with the full context (the embedded model reads short pass keys) and with
+    none (it cannot guess them), so both outcomes occur."""
+    from beacon_rag.beacon.train import reference_losses
+
+    seen = set()
+    for e in make_task_examples(embedded, "passkey", "heldout", 3, 160, seed=9):
+        refs = reference_losses(embedded, e)
+        start, end = e.answer_span
+        answer = e.continuation_ids[e.loss_start + start : e.loss_start + end]
+        head = e.continuation_ids[: e.loss_start + start]
+        for condition, prefix in (("full", e.context_ids + head), ("none", head)):
+            out = embedded.model.generate(torch.tensor([prefix]), max_new_tokens=len(answer), do_sample=False)
+            greedy = out[0, len(prefix):].tolist() == answer
+            assert refs[f"answer_exact_{condition}"] == float(greedy), (condition, e.answer)
+            assert refs[f"answer_exact_{condition}"] <= refs[f"answer_token_accuracy_{condition}"] <= 1.0
+            seen.add(greedy)
+    assert seen == {True, False}
 
 
 def test_recall_quotes_the_context_after_its_cue(embedded):

@@ -244,8 +244,8 @@ def batch_losses(lm: LoadedModel, plugin: BeaconPlugin, examples: list[Example],
                              answer_weight=answer_weight, grad=grad, checkpoint=checkpoint)
         answered = sum(_answer_rows(e) is not None for e in group)
         for key, value in part.items():
-            # ``answer`` is a mean over the examples that have one; every other term over all.
-            count = answered if key == "answer" else len(group)
+            # The ``answer*`` terms are means over the examples that have one; every other term over all.
+            count = answered if key.startswith("answer") else len(group)
             totals[key] = totals[key] + value * count if key in totals else value * count
             counts[key] = counts.get(key, 0) + count
     return {key: value / counts[key] for key, value in totals.items()}
@@ -275,15 +275,19 @@ def _group_losses(lm: LoadedModel, plugin: BeaconPlugin, group: list[Example], *
                        use_cache=True)
         logits = out.logits.float()
         teacher = full_context_logits(lm, group) if distill_weight > 0 else None
-        nll, kl, answer = [], [], []
+        nll, kl, answer, token_hits, exact = [], [], [], [], []
         for row, example in enumerate(group):
             rows, targets = _target_slice(example)
             student = logits[row, rows]
-            per_token = F.cross_entropy(student, targets.to(student.device), reduction="none")
+            targets = targets.to(student.device)
+            per_token = F.cross_entropy(student, targets, reduction="none")
             nll.append(per_token.mean())
             span = _answer_rows(example)
             if span is not None:
                 answer.append(per_token[span].mean())
+                hits = _answer_hits(student, targets, span)
+                token_hits.append(hits.mean())
+                exact.append(hits.all().float())
             if teacher is not None:
                 t = temperature
                 kl.append(F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher[row, rows] / t, -1),
@@ -298,6 +302,8 @@ def _group_losses(lm: LoadedModel, plugin: BeaconPlugin, group: list[Example], *
             out_losses["loss"] = out_losses["loss"] + raw_weight * out_losses["raw"]
         if answer:
             out_losses["answer"] = torch.stack(answer).mean()
+            out_losses["answer_token_accuracy"] = torch.stack(token_hits).mean()
+            out_losses["answer_exact"] = torch.stack(exact).mean()
             if answer_weight > 0:
                 # Scaled by the share of rows with an answer, so the batch mean of ``loss`` is the
                 # mean over examples of each example's own loss (lm examples add nothing).
@@ -313,6 +319,16 @@ def _answer_rows(example: Example) -> slice | None:
         return None
     start, end = example.answer_span
     return slice(start, end)
+
+
+def _answer_hits(logits: torch.Tensor, targets: torch.Tensor, span: slice) -> torch.Tensor:
+    """1.0 where the greedy (argmax) token is the answer's token, teacher-forced, else 0.0.
+
+    Why: an answer loss of 1.1 nats per digit can mean every digit is the runner-up or half of them
+    are right; the share of argmax hits, and whether all of an answer's tokens hit (what greedy
+    decoding after the same prompt would print), say which, without a generation loop.
+    """
+    return (logits[span].detach().argmax(-1) == targets[span]).float()
 
 
 @torch.no_grad()
@@ -333,16 +349,23 @@ def full_context_logits(lm: LoadedModel, examples: list[Example]) -> torch.Tenso
 @torch.no_grad()
 def reference_losses(lm: LoadedModel, example: Example) -> dict[str, float]:
     """Target NLL with the full (uncompressed) context and with no context at all: the two bounds
-    (and the same two for the answer's tokens alone, ``answer_full`` / ``answer_none``, if any)."""
+    (and the same two for the answer's tokens alone, ``answer_full`` / ``answer_none``, if any, with
+    their teacher-forced ``answer_token_accuracy_*`` and ``answer_exact_*``)."""
     rows, targets = _target_slice(example)
     targets = targets.to(lm.device)
-    full = F.cross_entropy(full_context_logits(lm, [example])[0][rows], targets, reduction="none")
+    full_logits = full_context_logits(lm, [example])[0][rows]
+    full = F.cross_entropy(full_logits, targets, reduction="none")
     ids = torch.tensor([example.continuation_ids], device=lm.device)
-    none = F.cross_entropy(lm.model(input_ids=ids).logits[0].float()[rows], targets, reduction="none")
+    none_logits = lm.model(input_ids=ids).logits[0].float()[rows]
+    none = F.cross_entropy(none_logits, targets, reduction="none")
     out = {"full": full.mean().item(), "none": none.mean().item()}
     span = _answer_rows(example)
     if span is not None:
         out.update(answer_full=full[span].mean().item(), answer_none=none[span].mean().item())
+        for name, logits in (("full", full_logits), ("none", none_logits)):
+            hits = _answer_hits(logits, targets, span)
+            out[f"answer_token_accuracy_{name}"] = hits.mean().item()
+            out[f"answer_exact_{name}"] = hits.all().float().item()
     return out
 
 
@@ -556,6 +579,13 @@ class Trainer:
             (e.task, loss["answer"].item(), ref["answer_full"], ref["answer_none"])
             for e, loss, ref in zip(examples, losses, self._eval_refs) if "answer" in loss and "answer_full" in ref
         ]))
+        # Loss is not accuracy: how often the greedy token is the answer's, and how often all of an
+        # answer's tokens are (teacher-forced exact match), for the same three conditions.
+        for metric in ("answer_token_accuracy", "answer_exact"):
+            result.update(_by_task(f"eval_{metric}", [
+                (e.task, loss[metric].item(), ref[f"{metric}_full"], ref[f"{metric}_none"])
+                for e, loss, ref in zip(examples, losses, self._eval_refs) if metric in loss and "answer_full" in ref
+            ]))
         self._last_eval = result
         return result
 
