@@ -397,7 +397,7 @@ def test_batch_losses_equal_the_mean_of_single_examples_and_their_gradients(lm, 
 
 def test_answer_spans_cover_exactly_the_answer(embedded):
     """The answer loss must score the digits (or the place, the colour), not the template around them."""
-    for task in ("passkey", "kv", "fact", "multidoc", "multiturn"):
+    for task in ("passkey", "kv", "fact", "multidoc", "codes", "multiturn"):
         for e in make_task_examples(embedded, task, "train", 4, 200, seed=5):
             assert e.answer_span is not None, (task, e.answer)
             start, end = e.answer_span
@@ -464,7 +464,7 @@ def test_training_batches_share_one_exact_context_length(lm):
     assert [e.context_ids for e in data.batch(3, 8)] == [e.context_ids for e in batch]  # a function of the index
     assert batch[0].context_ids != data.batch(4, 8)[0].context_ids
     # Every task builds exactly the length asked for (multi-document and multi-turn included).
-    for task in ("passkey", "kv", "fact", "multidoc", "multiturn", "lm", "recall"):
+    for task in ("passkey", "kv", "fact", "multidoc", "codes", "multiturn", "lm", "recall"):
         assert {len(e.context_ids) for e in make_task_examples(lm, task, "train", 3, 300, seed=4)} == {300}, task
 
 
@@ -534,7 +534,7 @@ def test_eval_only_prints_the_starting_plugins_eval_and_trains_nothing(tmp_path,
     trained = json.loads(capsys.readouterr().out)
     assert run(parser.parse_args(common)) == 0
     untrained = json.loads(capsys.readouterr().out)
-    assert trained["eval_ratio"] == 4 and set(trained["eval_by_task"]) == {"lm", "passkey", "multidoc", "multiturn", "recall"}
+    assert trained["eval_ratio"] == 4 and set(trained["eval_by_task"]) == {"lm", "passkey", "multidoc", "codes", "multiturn", "recall"}
     assert trained["eval_full"] == untrained["eval_full"] and trained["eval_compressed"] != untrained["eval_compressed"]
     assert "passkey" in trained["eval_answer_gap_recovered_by_task"]
     assert not list((tmp_path / "out").glob("step-*")) and not (tmp_path / "out" / "log.jsonl").exists()

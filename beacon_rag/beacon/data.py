@@ -32,10 +32,10 @@ from beacon_rag.models import LoadedModel
 logger = logging.getLogger(__name__)
 
 Split = Literal["train", "heldout"]
-TRAIN_TASKS = ("lm", "passkey", "kv", "fact", "multidoc", "multiturn", "recall")
+TRAIN_TASKS = ("lm", "passkey", "kv", "fact", "multidoc", "codes", "multiturn", "recall")
 # Task names the quality bench and the trainer's held-out eval use -> internal task names.
 BENCH_TASKS = {"passkey": "passkey", "rag-qa": "multidoc", "multiturn": "multiturn", "lm-loss": "lm",
-               "kv": "kv", "fact": "fact", "lm": "lm", "multidoc": "multidoc", "recall": "recall"}
+               "kv": "kv", "fact": "fact", "lm": "lm", "multidoc": "multidoc", "codes": "codes", "recall": "recall"}
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out generators never reuse a training seed
 
 
@@ -151,6 +151,11 @@ _OBJECTS = ("red notebook", "silver key", "old telescope", "blue bicycle", "viol
 _PLACES = ("Lisbon", "Nairobi", "Oslo", "Kyoto", "Lima", "Cairo", "Dublin", "Hanoi", "Quito", "Tbilisi", "Perth",
            "Montreal", "Seville", "Bergen", "Accra", "Porto")
 _COLOURS = ("amber", "crimson", "teal", "violet", "ochre", "indigo", "scarlet", "olive", "cobalt", "magenta")
+# Sites of the ``codes`` task; none is a place the quality bench's rag-qa asks about.
+_SITES = ("the boiler room", "the south pier", "the paint shop", "the bell tower", "the cold store",
+          "the print room", "the rail yard", "the fire station", "the water tower", "the quarry office",
+          "the tool shed", "the coach house", "the gate lodge", "the loading bay", "the hay barn",
+          "the dye works", "the ferry terminal", "the brick kiln", "the greenhouse", "the gun room")
 _PROJECTS = ("Falcon", "Granite", "Harbor", "Juniper", "Lantern", "Meridian", "Nimbus", "Orchid", "Quartz")
 
 
@@ -239,6 +244,18 @@ class TaskBuilder:
         _stmt, question, answer_text, answer = rng.choice(facts)
         return self._qa("fact", body, question, answer_text, answer)
 
+    def _documents(self, rng: random.Random, context_tokens: int, heads: Sequence[list[int]],
+                   needles: Sequence[list[int]]) -> list[int]:
+        """One document per head: filler with its needle hidden, lengths summing to ``context_tokens``."""
+        count = len(heads)
+        budget = self._budget(context_tokens, *heads, *needles)
+        per = max(budget // count, 0)
+        body: list[int] = []
+        for i, (head, needle) in enumerate(zip(heads, needles)):
+            extra = max(budget - per * count, 0) if i == count - 1 else 0  # the rounding, so lengths are exact
+            body += head + self._hide(rng, per + extra, [needle])
+        return body
+
     def multidoc(self, rng: random.Random, context_tokens: int) -> Example:
         """Several short documents, one fact in each; the question is about one of them (RAG-like)."""
         count = rng.randint(3, 6)
@@ -246,15 +263,28 @@ class TaskBuilder:
         facts = [self._fact(rng, name) for name in names]
         heads = [self.lm.encode(f"{'' if i == 0 else chr(10) * 2}Document {i + 1}:\n") for i in range(count)]
         needles = [self.lm.encode("\n" + f[0] + "\n") for f in facts]
-        budget = self._budget(context_tokens, *heads, *needles)
-        per = max(budget // count, 0)
-        body: list[int] = []
-        for i, (head, needle) in enumerate(zip(heads, needles)):
-            extra = max(budget - per * count, 0) if i == count - 1 else 0  # the rounding, so lengths are exact
-            body += head + self._hide(rng, per + extra, [needle])
+        body = self._documents(rng, context_tokens, heads, needles)
         pick = rng.randrange(count)
         _stmt, question, answer_text, answer = facts[pick]
         return self._qa("multidoc", body, question, answer_text, answer, {"document": pick + 1})
+
+    def codes(self, rng: random.Random, context_tokens: int) -> Example:
+        """Retrieved documents laid out as the RAG prompt lays them out, a 4-digit access code in each.
+
+        ``multidoc`` answers are words a model half-guesses from its prior (a city, a colour); the
+        quality bench's rag-qa asks for digits, which only the memory can supply, and which a
+        plug-in trained on ``multidoc`` alone did not learn to carry across documents.
+        """
+        count = rng.randint(3, 5)
+        sites = rng.sample(_SITES, count)
+        numbers = [str(n) for n in rng.sample(range(1000, 10000), count)]
+        heads = [self.lm.encode("Documents:\n\n" if i == 0 else "\n\n") for i in range(count)]
+        needles = [self.lm.encode(f"\nThe access code for {site} is {number}.\n") for site, number in zip(sites, numbers)]
+        body = self._documents(rng, context_tokens, heads, needles)
+        pick = rng.randrange(count)
+        site, number = sites[pick], numbers[pick]
+        return self._qa("codes", body, f"Question: What is the access code for {site}?",
+                        f"The access code for {site} is {number}.", number, {"document": pick + 1})
 
     def multiturn(self, rng: random.Random, context_tokens: int) -> Example:
         """A chat history (compressed) in which the user once said something; asked for it later."""
@@ -324,7 +354,7 @@ class TaskBuilder:
         if task == "recall":
             return self.recall(rng, context_tokens, target_tokens)
         method = {"passkey": self.passkey, "kv": self.kv, "fact": self.fact, "multidoc": self.multidoc,
-                  "multiturn": self.multiturn}.get(task)
+                  "codes": self.codes, "multiturn": self.multiturn}.get(task)
         if method is None:
             raise ValueError(f"unknown task {task!r}; known: {', '.join(TRAIN_TASKS)}")
         return method(rng, context_tokens)
@@ -352,7 +382,8 @@ def make_task_examples(lm: LoadedModel, task: str, split: Split, n: int, context
 
     ``task`` is one of ``passkey``, ``rag-qa`` (several documents, a question about one), ``multiturn``
     (recall from an earlier chat turn), ``lm-loss`` (plain text; the target is the next
-    ``target_tokens`` tokens), or the training names ``kv``, ``fact``, ``multidoc``, ``lm``.
+    ``target_tokens`` tokens), or the training names ``kv``, ``fact``, ``multidoc``, ``codes`` (documents
+    laid out as the RAG prompt lays them out, a 4-digit access code in each), ``lm``, ``recall``.
     Returns a list of ``Example`` (see its docstring: ``context_ids`` to compress, then
     ``prompt_ids`` + ``target_ids`` through the plain model; ``answer`` for exact match). Use
     ``split="heldout"`` for evaluation: its filler comes from sources training never sees and its

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from beacon_rag.beacon.compress import compress_rows, validate
-from beacon_rag.beacon.data import Example, Mixture, TrainingData, make_task_examples
+from beacon_rag.beacon.data import TRAIN_TASKS, Example, Mixture, TrainingData, make_task_examples
 from beacon_rag.beacon.plugin import BeaconPlugin, BeaconWeightsError
 from beacon_rag.kv import cache_from_layers, rotary_tables, rotate
 from beacon_rag.models import LoadedModel
@@ -52,7 +52,7 @@ from beacon_rag.models import LoadedModel
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "step-"
-EVAL_TASKS = ("lm-loss", "passkey", "rag-qa", "multiturn", "recall")
+EVAL_TASKS = ("lm-loss", "passkey", "rag-qa", "codes", "multiturn", "recall")
 
 
 @dataclass
@@ -717,7 +717,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context-tokens", type=_ints, default=d.context_tokens, help="'min,max'")
     parser.add_argument("--target-tokens", type=int, default=d.target_tokens)
     parser.add_argument("--tasks", default=None,
-                        help="task weights as JSON, e.g. '{\"lm\": 0.5, \"passkey\": 0.5}'")
+                        help="task weights as JSON, e.g. '{\"lm\": 0.5, \"passkey\": 0.5}'; tasks: "
+                             + ", ".join(TRAIN_TASKS))
     parser.add_argument("--distill-weight", type=float, default=d.distill_weight)
     parser.add_argument("--distill-temperature", type=float, default=d.distill_temperature)
     parser.add_argument("--raw-loss-weight", type=float, default=d.raw_loss_weight,
