@@ -538,3 +538,12 @@ def test_eval_only_prints_the_starting_plugins_eval_and_trains_nothing(tmp_path,
     assert trained["eval_full"] == untrained["eval_full"] and trained["eval_compressed"] != untrained["eval_compressed"]
     assert "passkey" in trained["eval_answer_gap_recovered_by_task"]
     assert not list((tmp_path / "out").glob("step-*")) and not (tmp_path / "out" / "log.jsonl").exists()
+    # A subset of the tasks scores the same examples as the full eval does, and only those.
+    assert run(parser.parse_args([*common, "--init-plugin", str(tmp_path / "plugin"), "--eval-tasks", "codes,passkey"])) == 0
+    subset = json.loads(capsys.readouterr().out)
+    assert set(subset["eval_by_task"]) == {"codes", "passkey"}
+    for task in ("codes", "passkey"):
+        assert subset["eval_by_task"][task] == pytest.approx(trained["eval_by_task"][task], rel=1e-6)
+        assert subset["eval_answer_exact_by_task"][task] == trained["eval_answer_exact_by_task"][task]
+    with pytest.raises(ValueError, match="eval_tasks.*got passkey, codez"):
+        run(parser.parse_args([*common, "--eval-tasks", "passkey,codez"]))

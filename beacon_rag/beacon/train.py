@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from beacon_rag.beacon.compress import compress_rows, validate
-from beacon_rag.beacon.data import TRAIN_TASKS, Example, Mixture, TrainingData, make_task_examples
+from beacon_rag.beacon.data import BENCH_TASKS, TRAIN_TASKS, Example, Mixture, TrainingData, make_task_examples
 from beacon_rag.beacon.plugin import BeaconPlugin, BeaconWeightsError
 from beacon_rag.kv import cache_from_layers, rotary_tables, rotate
 from beacon_rag.models import LoadedModel
@@ -93,6 +93,9 @@ class TrainConfig:
     eval_examples: int = 2  # per eval task
     eval_context_tokens: int = 768
     eval_ratio: int = 4
+    # Which held-out tasks the eval scores: a subset compares plug-ins on one task in a fraction
+    # of the eval's time (it takes minutes per task on a CPU core at 1,024 tokens).
+    eval_tasks: tuple[str, ...] = EVAL_TASKS
     export_dir: str | None = None  # also write the latest plug-in here at every checkpoint
     threads: int | None = None
     resume: bool = True  # continue from the newest checkpoint in output_dir if there is one
@@ -104,7 +107,7 @@ class TrainConfig:
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        for key in ("ratios", "context_tokens"):
+        for key in ("ratios", "context_tokens", "eval_tasks"):
             if key in values and values[key] is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -122,6 +125,10 @@ class TrainConfig:
             raise ValueError(f"context_tokens must be (low, high) with 16 <= low <= high, got {self.context_tokens}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        unknown = [task for task in self.eval_tasks if task not in BENCH_TASKS]
+        if unknown or not self.eval_tasks:
+            raise ValueError(f"eval_tasks must name tasks among {', '.join(sorted(BENCH_TASKS))}; "
+                             f"got {', '.join(self.eval_tasks) or 'none'}")
 
 
 # ---------------------------------------------------------------------------- checkpoint state
@@ -544,7 +551,7 @@ class Trainer:
         if self._eval_examples is None:
             c = self.config
             self._eval_examples = [
-                e for task in EVAL_TASKS
+                e for task in c.eval_tasks
                 for e in make_task_examples(self.lm, task, "heldout", c.eval_examples, c.eval_context_tokens,
                                             seed=c.seed, target_tokens=c.target_tokens)
             ]
@@ -734,6 +741,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-examples", type=int, default=d.eval_examples)
     parser.add_argument("--eval-context-tokens", type=int, default=d.eval_context_tokens)
     parser.add_argument("--eval-ratio", type=int, default=d.eval_ratio)
+    parser.add_argument("--eval-tasks", type=lambda text: tuple(t.strip() for t in text.split(",") if t.strip()),
+                        default=d.eval_tasks, help="comma-separated held-out tasks the eval scores "
+                        f"(default {','.join(EVAL_TASKS)})")
     parser.add_argument("--export-dir", default=None, help="also write the latest plug-in here at each checkpoint")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
@@ -758,8 +768,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raw_loss_weight=args.raw_loss_weight, answer_weight=args.answer_weight, init_plugin=args.init_plugin,
         gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, eval_every=args.eval_every, eval_examples=args.eval_examples,
-        eval_context_tokens=args.eval_context_tokens, eval_ratio=args.eval_ratio, export_dir=args.export_dir,
-        threads=args.threads, resume=not args.no_resume,
+        eval_context_tokens=args.eval_context_tokens, eval_ratio=args.eval_ratio, eval_tasks=args.eval_tasks,
+        export_dir=args.export_dir, threads=args.threads, resume=not args.no_resume,
     )
 
 
