@@ -115,6 +115,18 @@ def test_loss_decreases_and_only_plugin_changes(tmp_path, lm, examples):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+def test_curve_of_a_run_without_evals_shows_moving_averages(tmp_path):
+    """CPU runs skip held-out evals; their curve's second panel must still carry the trend."""
+    from beacon_rag.bench.training_curve import _moving_average, plot
+
+    assert _moving_average([1.0, 2.0, 3.0, 4.0, 5.0], 2) == [1.0, 1.5, 2.5, 3.5, 4.5]
+    rows = [{"step": i, "loss": 5.0 - i / 100, "lm_loss": 1.0, "raw_loss": 3.0,
+             "answer_loss": None if i % 3 == 0 else 2.0 - i / 200} for i in range(1, 121)]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    png = plot(tmp_path / "log.jsonl", tmp_path / "curve.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
 def test_resume_matches_uninterrupted_run(tmp_path, lm, examples):
     straight = trainer(config(tmp_path / "a", steps=12, checkpoint_every=6, distill_weight=0.5), lm, examples)
     straight.run(progress=False)
