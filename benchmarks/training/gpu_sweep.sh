@@ -44,9 +44,12 @@ declare -A RUNS=(
   # about 0.7 in 180 steps, while 12% pass keys in the usual mixture barely moved it; this keeps the
   # raw-token loss and the other tasks so the rest is not forgotten (the pass-key-only runs forgot it).
   [digits-batch]="--init-plugin $ROOT/init --low-rank 96 --lr 5e-4 --answer-weight 3.0 --distill-weight 0 --tasks {\"lm\":0.2,\"passkey\":0.3,\"kv\":0.15,\"fact\":0.05,\"multidoc\":0.15,\"multiturn\":0.15}"
+  # digits-batch with the codes task (retrieved documents, a 4-digit code in each: rag-qa's shape),
+  # which a CPU session's 160 examples did not teach (benchmarks/training/README.md, fourth session).
+  [codes-batch]="--init-plugin $ROOT/init --low-rank 96 --lr 5e-4 --answer-weight 3.0 --distill-weight 0 --tasks {\"lm\":0.15,\"passkey\":0.25,\"kv\":0.05,\"multidoc\":0.15,\"codes\":0.25,\"multiturn\":0.15}"
 )
 # BT_RUNS picks the runs (the 2026-11-23 sweep: "mix-warm lm-warm qa-warm r48-warm mix-scratch mix-r64-scratch").
-SELECTED=${BT_RUNS:-mix-batch wide-answer-batch digits-batch}
+SELECTED=${BT_RUNS:-mix-batch digits-batch codes-batch}
 for name in $SELECTED; do [[ -n ${RUNS[$name]+set} ]] || { echo "unknown run $name" >&2; exit 2; }; done
 COMMON=(--device "${BT_DEVICE:-cuda}" --model "$GGUF" --steps 2000 --warmup-steps 30 --window 256 --ratios 2,4,8
         --context-tokens 1024,2048 --target-tokens 48 --checkpoint-every 100 --keep-checkpoints 1
