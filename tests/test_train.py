@@ -115,6 +115,17 @@ def test_loss_decreases_and_only_plugin_changes(tmp_path, lm, examples):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+def test_gap_recovered_for_losses_and_accuracies():
+    """The share of the none-to-full gap recovered reads the same for losses (full below none) and
+    accuracies (full above none), and a compressed figure equal to none is 0, not -0."""
+    from beacon_rag.beacon.train import _by_task
+
+    gaps = _by_task("x", [("a", 2.0, 1.0, 3.0), ("b", 0.5, 1.0, 0.0), ("c", 0.0, 1.0, 0.0), ("d", 1.0, 1.0, 1.0)])
+    recovered = gaps["x_gap_recovered_by_task"]
+    assert recovered["a"] == 0.5 and recovered["b"] == 0.5 and recovered["d"] is None
+    assert json.dumps(recovered["c"]) == "0.0"
+
+
 def test_curve_of_a_run_without_evals_shows_moving_averages(tmp_path):
     """CPU runs skip held-out evals; their curve's second panel must still carry the trend."""
     from beacon_rag.bench.training_curve import _moving_average, plot

@@ -387,7 +387,8 @@ def _by_task(prefix: str, rows: list[tuple[str, float, float, float]]) -> dict[s
         f"{prefix}_full_by_task": {t: m[1] for t, m in means.items()},
         f"{prefix}_none_by_task": {t: m[2] for t, m in means.items()},
         f"{prefix}_gap_recovered_by_task": {
-            t: (m[2] - m[0]) / (m[2] - m[1]) if abs(m[2] - m[1]) > 1e-6 else None for t, m in means.items()
+            # + 0.0: for accuracies (full above none) nothing recovered came out as -0.0 in the JSON.
+            t: (m[2] - m[0]) / (m[2] - m[1]) + 0.0 if abs(m[2] - m[1]) > 1e-6 else None for t, m in means.items()
         },
     }
 
