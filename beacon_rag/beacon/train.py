@@ -697,6 +697,10 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.replace(",", " ").split())
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(text.replace(",", " ").split())
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``beacon-rag train``.
 
@@ -742,8 +746,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-examples", type=int, default=d.eval_examples)
     parser.add_argument("--eval-context-tokens", type=int, default=d.eval_context_tokens)
     parser.add_argument("--eval-ratio", type=int, default=d.eval_ratio)
-    parser.add_argument("--eval-tasks", type=lambda text: tuple(t.strip() for t in text.split(",") if t.strip()),
-                        default=d.eval_tasks, help="comma-separated held-out tasks the eval scores "
+    parser.add_argument("--eval-tasks", type=_names, default=d.eval_tasks, help="comma-separated held-out tasks the eval scores "
                         f"(default {','.join(EVAL_TASKS)})")
     parser.add_argument("--export-dir", default=None, help="also write the latest plug-in here at each checkpoint")
     parser.add_argument("--threads", type=int, default=None)
