@@ -257,6 +257,16 @@ def test_lm_loss_live_tail_feeds_the_newest_tokens_raw_in_every_condition(lm):
         bench_args(*argv[:-1], "-1")
 
 
+@pytest.mark.parametrize("methods", [[], ["--methods", "streaming:4"]])
+def test_options_a_qa_task_would_ignore_are_refused(methods):
+    """``--live-tail`` only shapes lm-loss; on a QA task it would be silently dropped from the figure.
+    No model is passed: the refusal must come before one would load."""
+    with pytest.raises(ValueError, match="--live-tail applies to --task lm-loss only, not passkey"):
+        quality.run(bench_args("--task", "passkey", "--live-tail", "8", *methods))
+    with pytest.raises(ValueError, match="--max-tokens must be >= 1"):
+        quality.run(bench_args("--task", "rag-qa", "--max-tokens", "0", *methods))
+
+
 @pytest.mark.parametrize("task", ["rag-qa", "lm-loss"])
 def test_matrix_rows_equal_single_method_runs(lm, task):
     common = ["--task", task, "--examples", "2", "--context-tokens", "64", "--max-tokens", "24",

@@ -463,6 +463,24 @@ def parse_method(spec: str) -> tuple[str, float | str, str | None]:
     return parts[0], parse_quality_ratio(parts[1]), parts[2] if len(parts) == 3 else None
 
 
+def check_task_options(args: argparse.Namespace) -> None:
+    """Refuse an option the task would silently ignore, before the model loads.
+
+    Why: a figure measured without the option a user asked for (``--live-tail`` on a QA task, say)
+    would be reported as if it had been applied.
+    """
+    if args.task == "lm-loss":
+        return
+    if args.live_tail:
+        raise ValueError(f"--live-tail applies to --task lm-loss only, not {args.task} "
+                         "(QA prompts already prefill their question live)")
+    if args.max_tokens < 1:
+        raise ValueError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    if args.max_tokens < MIN_ANSWER_TOKENS:
+        logger.warning("--max-tokens %d < %d: full-sentence answers may be cut before the number",
+                       args.max_tokens, MIN_ANSWER_TOKENS)
+
+
 def run_matrix(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[str, Any]:
     """Several methods on the same examples of one task, with ``full`` and ``none`` measured once.
 
@@ -470,6 +488,7 @@ def run_matrix(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[
     the same kept-slot budget) without paying for the two baselines once per method.
     """
     started = time.perf_counter()
+    check_task_options(args)
     specs = [parse_method(m) for m in args.methods.split(",") if m.strip()]
     for name, ratio, plugin in specs:  # bad options fail before the model loads
         build_compressor(name, ratio, args.window if name == "beacon" else None, plugin)
@@ -531,11 +550,7 @@ def run(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[str, An
     if getattr(args, "methods", None):
         return run_matrix(args, lm)
     started = time.perf_counter()
-    if args.max_tokens < 1:
-        raise ValueError(f"--max-tokens must be >= 1, got {args.max_tokens}")
-    if args.max_tokens < MIN_ANSWER_TOKENS and args.task != "lm-loss":
-        logger.warning("--max-tokens %d < %d: full-sentence answers may be cut before the number",
-                       args.max_tokens, MIN_ANSWER_TOKENS)
+    check_task_options(args)
     build_compressor(args.compressor, args.ratio, args.window, args.plugin, args.sink)  # bad options fail fast
     lm = lm if lm is not None else load_model(args.model)
     compressor = build_compressor(args.compressor, args.ratio, args.window, args.plugin, args.sink, lm=lm)
