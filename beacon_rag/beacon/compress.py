@@ -38,7 +38,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Self
 
 import torch
 import torch.utils.checkpoint
@@ -46,9 +46,6 @@ import torch.utils.checkpoint
 from beacon_rag.beacon.plugin import BeaconPlugin, BeaconWeightsError
 from beacon_rag.kv import CompressedKV, KVContext, cache_from_layers, rotary_tables, rotate
 from beacon_rag.models import LoadedModel
-
-if TYPE_CHECKING:
-    from typing_extensions import Self  # typing.Self needs Python 3.11; the package supports 3.10
 
 logger = logging.getLogger(__name__)
 

@@ -23,15 +23,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Self
 
 import diskcache
 from diskcache.core import MODE_BINARY, MODE_RAW, UNKNOWN
 
 from .codec import CorruptEntry, Entry, decode_entry, encode_entry
-
-if TYPE_CHECKING:
-    from typing_extensions import Self  # typing.Self needs Python 3.11; the package supports 3.10
 
 logger = logging.getLogger(__name__)
 
