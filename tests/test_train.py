@@ -7,6 +7,8 @@ test_beacon.py, so the file stays well under a minute on a busy 2-core machine.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -136,6 +138,10 @@ def test_curve_of_a_run_without_evals_shows_moving_averages(tmp_path):
     (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     png = plot(tmp_path / "log.jsonl", tmp_path / "curve.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # the PNG first and the log second (an easy swap) is refused with the usage, not a traceback
+    swapped = subprocess.run([sys.executable, "-m", "beacon_rag.bench.training_curve", str(png),
+                              str(tmp_path / "log.jsonl")], capture_output=True, text=True, check=False)
+    assert swapped.returncode == 1 and "usage: python -m beacon_rag.bench.training_curve LOG.jsonl" in swapped.stderr
 
 
 def test_resume_matches_uninterrupted_run(tmp_path, lm, examples):

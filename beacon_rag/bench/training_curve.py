@@ -107,8 +107,13 @@ def compare(logs: list[str | Path], out: str | Path, tasks: tuple[str, ...] = ("
     return _save_figure(plt, fig, Path(out))
 
 
+USAGE = ("usage: python -m beacon_rag.bench.training_curve LOG.jsonl OUT.png\n"
+         "       python -m beacon_rag.bench.training_curve --compare OUT.png LOG.jsonl [LOG.jsonl ...]")
+
 if __name__ == "__main__":
-    if sys.argv[1] == "--compare":
+    if len(sys.argv) >= 4 and sys.argv[1] == "--compare":
         print(compare(sys.argv[3:], sys.argv[2]))
-    else:
+    elif len(sys.argv) == 3 and sys.argv[1] != "--compare" and sys.argv[1].endswith(".jsonl"):
         print(plot(sys.argv[1], sys.argv[2]))
+    else:
+        sys.exit(USAGE)
