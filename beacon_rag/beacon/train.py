@@ -693,12 +693,13 @@ def train(config: TrainConfig, lm: LoadedModel | None = None, progress: bool = T
 
 
 # ---------------------------------------------------------------------------- CLI
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.replace(",", " ").split())
-
-
 def _names(text: str) -> tuple[str, ...]:
+    """A list option as given on the command line: items separated by commas and/or spaces."""
     return tuple(text.replace(",", " ").split())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in _names(text))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

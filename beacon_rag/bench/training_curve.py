@@ -113,7 +113,7 @@ USAGE = ("usage: python -m beacon_rag.bench.training_curve LOG.jsonl OUT.png\n"
 if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "--compare":
         print(compare(sys.argv[3:], sys.argv[2]))
-    elif len(sys.argv) == 3 and sys.argv[1] != "--compare" and sys.argv[1].endswith(".jsonl"):
+    elif len(sys.argv) == 3 and sys.argv[1].endswith(".jsonl"):
         print(plot(sys.argv[1], sys.argv[2]))
     else:
         sys.exit(USAGE)
