@@ -576,3 +576,25 @@ def test_eval_only_prints_the_starting_plugins_eval_and_trains_nothing(tmp_path,
         assert subset["eval_answer_exact_by_task"][task] == trained["eval_answer_exact_by_task"][task]
     with pytest.raises(ValueError, match="eval_tasks.*got passkey, codez"):
         run(parser.parse_args([*common, "--eval-tasks", "passkey,codez"]))
+    assert trained["eval_examples_by_task"] == dict.fromkeys(trained["eval_by_task"], 1)
+
+    # The table a session's note carries, from these evals' own JSON.
+    from beacon_rag.bench.eval_table import main as eval_table
+
+    (tmp_path / "trained.json").write_text(json.dumps(trained))
+    (tmp_path / "subset.json").write_text(json.dumps(subset))
+    assert eval_table(["--references", f"trained={tmp_path / 'trained.json'}", f"subset={tmp_path / 'subset.json'}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| plug-in | ratio | lm gap | passkey | multidoc | codes | multiturn | recall |"
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| trained", "| subset", "| full context", "| no context"]
+    exact = trained["eval_answer_exact_by_task"]["passkey"]
+    assert lines[2].split(" | ")[3] == (f"{trained['eval_answer_by_task']['passkey']:.2f} / "
+                                        f"{trained['eval_answer_token_accuracy_by_task']['passkey']:.2f} / {round(exact)} of 1")
+    assert lines[3].split(" | ")[4] == ""  # the subset did not score multidoc
+    # Another seed holds other held-out examples: side by side, its figures would not compare.
+    assert run(parser.parse_args([*common, "--seed", "1", "--eval-tasks", "passkey"])) == 0
+    (tmp_path / "other.json").write_text(capsys.readouterr().out)
+    assert eval_table([f"trained={tmp_path / 'trained.json'}", f"other={tmp_path / 'other.json'}"]) == 1
+    assert "trained and other scored different held-out passkey examples" in capsys.readouterr().err
+    assert eval_table([str(tmp_path / "trained.json")]) == 1  # no LABEL=
+    assert "usage:" in capsys.readouterr().err

@@ -36,6 +36,7 @@ import os
 import random
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -575,6 +576,9 @@ class Trainer:
             "eval_full": sum(r["full"] for r in self._eval_refs) / len(examples),
             "eval_none": sum(r["none"] for r in self._eval_refs) / len(examples),
             "eval_ratio": self.config.eval_ratio,
+            # The per-task means below are shares of these counts; a table of exact answers reads
+            # "2 of 8" from them, which a share alone cannot say.
+            "eval_examples_by_task": dict(Counter(e.task for e in examples)),
         }
         # Per task too: the mean hides a plug-in that learns the QA answer template (a large loss drop)
         # while LM continuation stays at the no-context level; the share of the none-to-full gap

@@ -1,0 +1,102 @@
+"""Tabulate trainer evals (``beacon-rag train --eval-only ... > EVAL.json``) as one Markdown table.
+
+``python -m beacon_rag.bench.eval_table [--references] LABEL=EVAL.json [LABEL=EVAL.json ...]``
+
+One row per eval: its ratio, the share of the LM gap recovered, and per QA task the answer tokens'
+loss / greedy token accuracy / exact answers ("2 of 8"). ``--references`` adds the full-context and
+no-context rows, which the trainer scores on the same held-out examples for every plug-in. Every
+session since the third wrote this table by hand or with a throwaway script; this is that script.
+
+Evals of different held-out examples (another seed, context length or example count) would put
+figures side by side that do not compare, so they are refused rather than tabulated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+# Where two evals' reference losses for one task differ by more than this, they scored other examples.
+SAME_EXAMPLES_TOLERANCE = 1e-4
+
+
+def read_eval(path: str | Path) -> dict[str, Any]:
+    """One ``--eval-only`` JSON, checked to be one (a training log line or a bench result is not)."""
+    try:
+        result = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not JSON ({error}); expected the output of `beacon-rag train --eval-only`") from None
+    if not isinstance(result, dict) or "eval_ratio" not in result or "eval_answer_by_task" not in result:
+        raise ValueError(f"{path} is not a trainer eval: it lacks eval_ratio / eval_answer_by_task "
+                         "(expected the output of `beacon-rag train --eval-only`)")
+    return result
+
+
+def _cell(result: dict[str, Any], task: str, condition: str = "") -> str:
+    """answer loss / token accuracy / exact answers, for the compressed ("") or a reference condition."""
+    loss = result[f"eval_answer{condition}_by_task"].get(task)
+    if loss is None:
+        return ""
+    accuracy = result[f"eval_answer_token_accuracy{condition}_by_task"][task]
+    exact = result[f"eval_answer_exact{condition}_by_task"][task]
+    count = result.get("eval_examples_by_task", {}).get(task)
+    # Evals written before the counts were recorded give the share; a count reads better when known.
+    exact_text = f"{round(exact * count)} of {count}" if count else f"{exact:.2f}"
+    return f"{loss:.2f} / {accuracy:.2f} / {exact_text}"
+
+
+def _check_same_examples(evals: list[tuple[str, dict[str, Any]]]) -> None:
+    first: dict[str, tuple[str, float]] = {}
+    for label, result in evals:
+        for task, full in result["eval_answer_full_by_task"].items():
+            seen = first.setdefault(task, (label, full))
+            if not math.isclose(seen[1], full, rel_tol=SAME_EXAMPLES_TOLERANCE, abs_tol=SAME_EXAMPLES_TOLERANCE):
+                raise ValueError(f"{seen[0]} and {label} scored different held-out {task} examples (full-context "
+                                 f"answer loss {seen[1]:.4f} vs {full:.4f}): evaluate both with the same --seed, "
+                                 "--eval-examples and --eval-context-tokens")
+
+
+def table(evals: list[tuple[str, dict[str, Any]]], references: bool = False) -> str:
+    """The Markdown table for ``(label, eval)`` pairs; QA tasks in the order the evals first name them."""
+    if not evals:
+        raise ValueError("no evals to tabulate")
+    _check_same_examples(evals)
+    tasks = list(dict.fromkeys(task for _, result in evals for task in result["eval_answer_by_task"]))
+    header = ["plug-in", "ratio", "lm gap", *tasks]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, result in evals:
+        gap = result.get("eval_gap_recovered_by_task", {}).get("lm")
+        lines.append("| " + " | ".join([label, str(result["eval_ratio"]), "" if gap is None else f"{gap:.2f}",
+                                        *(_cell(result, task) for task in tasks)]) + " |")
+    if references:
+        for name, condition in (("full context", "_full"), ("no context", "_none")):
+            # Each task's reference from the first eval that scored it: they agree (checked above).
+            cells = [next(_cell(r, task, condition) for _, r in evals if task in r["eval_answer_by_task"])
+                     for task in tasks]
+            lines.append("| " + " | ".join([name, "", "", *cells]) + " |")
+    return "\n".join(lines)
+
+
+USAGE = "usage: python -m beacon_rag.bench.eval_table [--references] LABEL=EVAL.json [LABEL=EVAL.json ...]"
+
+
+def main(argv: list[str]) -> int:
+    references = "--references" in argv
+    pairs = [arg for arg in argv if arg != "--references"]
+    if not pairs or any("=" not in arg or arg.startswith("-") for arg in pairs):
+        print(USAGE, file=sys.stderr)
+        return 1
+    try:
+        evals = [(label, read_eval(path)) for label, path in (arg.split("=", 1) for arg in pairs)]
+        print(table(evals, references=references))
+    except (OSError, ValueError) as error:
+        print(f"eval_table: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
