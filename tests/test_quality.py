@@ -271,16 +271,23 @@ def test_options_a_qa_task_would_ignore_are_refused(methods):
 def test_matrix_rows_equal_single_method_runs(lm, task):
     common = ["--task", task, "--examples", "2", "--context-tokens", "64", "--max-tokens", "24",
               "--continuation-tokens", "16"]
-    matrix = quality.run(bench_args(*common, "--methods", "streaming:4,knorm:2,beacon:4:untrained"), lm=lm)
+    matrix = quality.run(bench_args(*common, "--details", "--methods", "streaming:4,knorm:2,beacon:4:untrained"), lm=lm)
     assert [row["method"] for row in matrix["methods"]] == ["streaming:4", "knorm:2", "beacon:4:untrained"]
     for row, single_argv in zip(matrix["methods"], [["--compressor", "streaming", "--ratio", "4"],
                                                      ["--compressor", "knorm", "--ratio", "2"],
                                                      ["--compressor", "beacon", "--ratio", "4",
                                                       "--plugin", "untrained"]]):
-        single = quality.run(bench_args(*common, *single_argv), lm=lm)
+        single = quality.run(bench_args(*common, "--details", *single_argv), lm=lm)
         metric = "loss" if task == "lm-loss" else "accuracy"
         assert row["score"] == pytest.approx(single[metric]) and matrix["full"] == pytest.approx(single["full"])
         assert row["kept_slots_per_token"] == pytest.approx(single["kept_slots_per_token"])
+        # --details on the matrix: each method's answers (or losses) under its own name, as alone.
+        for together, alone in zip(matrix["per_example"], single["per_example"], strict=True):
+            assert together[row["method"]] == pytest.approx(alone["method"])
+            assert together["full"] == pytest.approx(alone["full"]) and together.get("expected") == alone.get("expected")
+    if task != "lm-loss":
+        assert all(set(r) == {"expected", "streaming:4", "knorm:2", "beacon:4:untrained", "full", "none"}
+                   and isinstance(r["knorm:2"], str) for r in matrix["per_example"])
     assert "| knorm:2 |" in quality.matrix_markdown([matrix])
     with pytest.raises(ValueError, match="--methods entries"):
         quality.parse_method("zip:4")

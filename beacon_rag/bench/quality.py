@@ -453,6 +453,20 @@ def _run_lm(lm: LoadedModel, compressors: list[Compressor], examples: list[LMExa
     return methods, full, none, [len(e.context_ids) for e in examples]
 
 
+def _per_example(task: str, examples: Sequence[QAExample | LMExample], methods: dict[str, _Tally],
+                 full: _Tally, none: _Tally) -> list[dict[str, Any]]:
+    """Every example under every condition (``--details``): the answers of a QA task with the one
+    expected, or the losses of lm-loss; a score of 0 of 6 says nothing of how near the answers came."""
+    lm_loss = task == "lm-loss"
+    rows = []
+    for i, example in enumerate(examples):
+        row: dict[str, Any] = {} if lm_loss else {"expected": example.answer}  # type: ignore[union-attr]
+        for name, tally in (*methods.items(), ("full", full), ("none", none)):
+            row[name] = tally.scores[i] if lm_loss else tally.outputs[i]
+        rows.append(row)
+    return rows
+
+
 def parse_method(spec: str) -> tuple[str, float | str, str | None]:
     """``NAME:RATIO[:PLUGIN]`` as given to ``--methods``, e.g. ``beacon:4``, ``beacon:4:untrained``, ``knorm:8``."""
     parts = spec.split(":")
@@ -514,13 +528,18 @@ def run_matrix(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[
         else:
             row["ratio_to_full"] = (score / full_score) if full_score else None
         rows.append(row)
-    return {
+    report: dict[str, Any] = {
         "task": args.task, "metric": "loss" if args.task == "lm-loss" else "accuracy", "model": lm.name,
         "n": len(examples), "context_tokens": context_tokens, "mean_prompt_tokens": sum(lengths) / len(lengths),
         "seed": args.seed, "full": full_score, "none": none_score, "methods": rows,
         **({"live_tail": args.live_tail} if args.task == "lm-loss" else {}),
-        "elapsed_s": round(time.perf_counter() - started, 2),
     }
+    if getattr(args, "details", False):
+        # One key per --methods entry, as the rows name them.
+        named = {row["method"]: tally for row, tally in zip(rows, tallies)}
+        report["per_example"] = _per_example(args.task, examples, named, full, none)
+    report["elapsed_s"] = round(time.perf_counter() - started, 2)
+    return report
 
 
 def matrix_markdown(reports: list[dict[str, Any]]) -> str:
@@ -591,14 +610,8 @@ def run(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[str, An
         )
     report["kept_slots_per_token"] = method.kept_per_token()
     report["full_slots_per_token"] = full.kept_per_token()
-    if getattr(args, "details", False) and args.task != "lm-loss":
-        report["per_example"] = [
-            {"expected": e.answer, "method": m, "full": f, "none": n}
-            for e, m, f, n in zip(examples, method.outputs, full.outputs, none.outputs)  # type: ignore[union-attr]
-        ]
-    elif getattr(args, "details", False):
-        report["per_example"] = [{"method": m, "full": f, "none": n}
-                                 for m, f, n in zip(method.scores, full.scores, none.scores)]
+    if getattr(args, "details", False):
+        report["per_example"] = _per_example(args.task, examples, {"method": method}, full, none)
     report["elapsed_s"] = round(time.perf_counter() - started, 2)
     return report
 
