@@ -596,5 +596,10 @@ def test_eval_only_prints_the_starting_plugins_eval_and_trains_nothing(tmp_path,
     (tmp_path / "other.json").write_text(capsys.readouterr().out)
     assert eval_table([f"trained={tmp_path / 'trained.json'}", f"other={tmp_path / 'other.json'}"]) == 1
     assert "trained and other scored different held-out passkey examples" in capsys.readouterr().err
+    # Evals committed before accuracies (and counts) were recorded still tabulate: their loss alone.
+    older = {k: v for k, v in trained.items() if "accuracy" not in k and "exact" not in k and "examples" not in k}
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    assert eval_table([f"older={tmp_path / 'older.json'}"]) == 0
+    assert capsys.readouterr().out.splitlines()[2].split(" | ")[3] == f"{trained['eval_answer_by_task']['passkey']:.2f} / - / -"
     assert eval_table([str(tmp_path / "trained.json")]) == 1  # no LABEL=
     assert "usage:" in capsys.readouterr().err

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# Where two evals' reference losses for one task differ by more than this, they scored other examples.
+# Where two evals' full-context losses for one task differ by more than this, they scored other examples.
 SAME_EXAMPLES_TOLERANCE = 1e-4
 
 
@@ -29,8 +29,8 @@ def read_eval(path: str | Path) -> dict[str, Any]:
         result = json.loads(Path(path).read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not JSON ({error}); expected the output of `beacon-rag train --eval-only`") from None
-    if not isinstance(result, dict) or "eval_ratio" not in result or "eval_answer_by_task" not in result:
-        raise ValueError(f"{path} is not a trainer eval: it lacks eval_ratio / eval_answer_by_task "
+    if not isinstance(result, dict) or not {"eval_ratio", "eval_full_by_task", "eval_answer_by_task"} <= set(result):
+        raise ValueError(f"{path} is not a trainer eval: it lacks eval_ratio / eval_full_by_task / eval_answer_by_task "
                          "(expected the output of `beacon-rag train --eval-only`)")
     return result
 
@@ -40,8 +40,10 @@ def _cell(result: dict[str, Any], task: str, condition: str = "") -> str:
     loss = result[f"eval_answer{condition}_by_task"].get(task)
     if loss is None:
         return ""
-    accuracy = result[f"eval_answer_token_accuracy{condition}_by_task"][task]
-    exact = result[f"eval_answer_exact{condition}_by_task"][task]
+    accuracy = result.get(f"eval_answer_token_accuracy{condition}_by_task", {}).get(task)
+    exact = result.get(f"eval_answer_exact{condition}_by_task", {}).get(task)
+    if accuracy is None or exact is None:
+        return f"{loss:.2f} / - / -"  # an eval from before accuracies were recorded: its loss alone
     count = result.get("eval_examples_by_task", {}).get(task)
     # Evals written before the counts were recorded give the share; a count reads better when known.
     exact_text = f"{round(exact * count)} of {count}" if count else f"{exact:.2f}"
@@ -51,11 +53,12 @@ def _cell(result: dict[str, Any], task: str, condition: str = "") -> str:
 def _check_same_examples(evals: list[tuple[str, dict[str, Any]]]) -> None:
     first: dict[str, tuple[str, float]] = {}
     for label, result in evals:
-        for task, full in result["eval_answer_full_by_task"].items():
+        # The full-context target loss per task (lm included) depends only on the examples.
+        for task, full in result["eval_full_by_task"].items():
             seen = first.setdefault(task, (label, full))
             if not math.isclose(seen[1], full, rel_tol=SAME_EXAMPLES_TOLERANCE, abs_tol=SAME_EXAMPLES_TOLERANCE):
                 raise ValueError(f"{seen[0]} and {label} scored different held-out {task} examples (full-context "
-                                 f"answer loss {seen[1]:.4f} vs {full:.4f}): evaluate both with the same --seed, "
+                                 f"target loss {seen[1]:.4f} vs {full:.4f}): evaluate both with the same --seed, "
                                  "--eval-examples and --eval-context-tokens")
 
 
