@@ -176,3 +176,9 @@ def test_documents_in_tier_counts_a_real_tier():
     entry = Entry({"k": torch.zeros(25, dtype=torch.float32)})  # 100 bytes
     assert documents_in_tier(entry, 1000) == 10
     assert documents_in_tier(entry, 99) == 0
+
+
+def test_markdown_table_has_one_cell_per_column_and_a_separator() -> None:
+    lines = report.markdown_table(["method", "loss"], [["beacon:4", "1.757"], ["knorm:4", "1.749"]])
+    assert lines == ["| method | loss |", "|---|---|", "| beacon:4 | 1.757 |", "| knorm:4 | 1.749 |"]
+    assert report.markdown_table(["a"], []) == ["| a |", "|---|"]  # a header alone is still a table

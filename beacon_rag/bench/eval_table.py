@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from beacon_rag.bench.report import markdown_table
+
 # Where two evals' full-context losses for one task differ by more than this, they scored other examples.
 SAME_EXAMPLES_TOLERANCE = 1e-4
 
@@ -69,18 +71,18 @@ def table(evals: list[tuple[str, dict[str, Any]]], references: bool = False) -> 
     _check_same_examples(evals)
     tasks = list(dict.fromkeys(task for _, result in evals for task in result["eval_answer_by_task"]))
     header = ["plug-in", "ratio", "lm gap", *tasks]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for label, result in evals:
         gap = result.get("eval_gap_recovered_by_task", {}).get("lm")
-        lines.append("| " + " | ".join([label, str(result["eval_ratio"]), "" if gap is None else f"{gap:.2f}",
-                                        *(_cell(result, task) for task in tasks)]) + " |")
+        rows.append([label, str(result["eval_ratio"]), "" if gap is None else f"{gap:.2f}",
+                     *(_cell(result, task) for task in tasks)])
     if references:
         for name, condition in (("full context", "_full"), ("no context", "_none")):
             # Each task's reference from the first eval that scored it: they agree (checked above).
             cells = [next(_cell(r, task, condition) for _, r in evals if task in r["eval_answer_by_task"])
                      for task in tasks]
-            lines.append("| " + " | ".join([name, "", "", *cells]) + " |")
-    return "\n".join(lines)
+            rows.append([name, "", "", *cells])
+    return "\n".join(markdown_table(header, rows))
 
 
 USAGE = "usage: python -m beacon_rag.bench.eval_table [--references] LABEL=EVAL.json [LABEL=EVAL.json ...]"

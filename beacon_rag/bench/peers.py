@@ -64,6 +64,7 @@ from beacon_rag.bench.quality import (
     gap_recovered,
     make_examples,
 )
+from beacon_rag.bench.report import markdown_table
 from beacon_rag.compressors.exact import ExactCompressor
 from beacon_rag.engine import Engine, rag_messages
 from beacon_rag.kv import KVContext
@@ -526,7 +527,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     tasks = list(result["tasks"])
     header = ["method", "kept / token"] + [
         f"{t} (n={result['tasks'][t]['n']}, ~{int(result['tasks'][t]['mean_prompt_tokens'])} tok)" for t in tasks]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for name in _method_order(result):
         cells, kept = [], []
         for task in tasks:
@@ -541,7 +542,8 @@ def render_markdown(result: dict[str, Any]) -> str:
             else:
                 cells.append(f"{row['accuracy']:.2f}")
         kept_cell = f"{sum(kept) / len(kept):.3f}" if kept else ""
-        lines.append("| " + " | ".join([name, kept_cell] + cells) + " |")
+        rows.append([name, kept_cell, *cells])
+    lines = markdown_table(header, rows)
     settings = result.get("settings", {})
     lines.append("")
     lines.append(f"Model {result.get('model')}, {result.get('machine')}; greedy, {settings.get('max_new_tokens')} new "

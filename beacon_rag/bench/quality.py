@@ -57,6 +57,7 @@ import torch
 from tqdm import tqdm
 
 from beacon_rag.bench.corpus import split_sources
+from beacon_rag.bench.report import markdown_table
 from beacon_rag.compressors.base import Compressor
 from beacon_rag.compressors.beacon import DEFAULT_WINDOW, BeaconCompressor
 from beacon_rag.compressors.beacon import default_options as default_beacon_options
@@ -549,14 +550,13 @@ def matrix_markdown(reports: list[dict[str, Any]]) -> str:
         lm_loss = report["task"] == "lm-loss"
         out.append(f"**{report['task']}** (n={report['n']}, ~{report['mean_prompt_tokens']:.0f} prompt tokens): "
                    f"full {report['full']:.3f}, none {report['none']:.3f}\n")
-        out.append("| method | kept slots / token | " + ("loss | gap recovered |" if lm_loss else "accuracy | / full |"))
-        out.append("|---|---|---|---|")
+        head = ["method", "kept slots / token", *(("loss", "gap recovered") if lm_loss else ("accuracy", "/ full"))]
+        rows = []
         for row in report["methods"]:
-            kept = row["kept_slots_per_token"]
             second = row["gap_recovered"] if lm_loss else row["ratio_to_full"]
-            out.append(f"| {row['method']} | {kept:.3f} | {row['score']:.3f} | "
-                       + ("n/a" if second is None else f"{second:.2f}") + " |")
-        out.append("")
+            rows.append([row["method"], f"{row['kept_slots_per_token']:.3f}", f"{row['score']:.3f}",
+                         "n/a" if second is None else f"{second:.2f}"])
+        out += [*markdown_table(head, rows), ""]
     return "\n".join(out)
 
 

@@ -46,6 +46,14 @@ def save_result(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a Markdown table: every bench, note and README table is built by this one rule."""
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    return [line(head), "|" + "---|" * len(head), *map(line, rows)]
+
+
 class _Clock:
     seconds: float = 0.0
 
@@ -292,36 +300,39 @@ def scaling_markdown(result: dict[str, Any], plots_rel: str) -> str:
     lines = [f"### Time to first token vs context length ({result['documents_for_context_curve']} documents)", ""]
     head = ["context tokens", "full prefill", "transformers prompt reuse", "question only", "exact cold",
             "exact warm RAM", "exact warm disk", "warm RAM vs full prefill"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for r in result["curves"]["context"]:
         ex = r["configs"].get("exact", {})
-        lines.append("| " + " | ".join([
+        rows.append([
             str(r["context_tokens"]), _fmt_s(r["full_prefill_s"]), _fmt_s(r["prompt_reuse_s"]),
             _fmt_s(r["question_only_s"]), _fmt_s(ex.get("cold_s")), _fmt_s(ex.get("warm_ram_s")),
-            _fmt_s(ex.get("warm_disk_s")), _ratio(ex.get("warm_ram_s"), r["full_prefill_s"])]) + " |")
+            _fmt_s(ex.get("warm_disk_s")), _ratio(ex.get("warm_ram_s"), r["full_prefill_s"])])
+    lines += markdown_table(head, rows)
     if beacons:
         lines += ["", "Beacon, cold / warm RAM / warm disk (fresh process):", ""]
         head = ["context tokens", *beacons]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        rows = []
         for r in result["curves"]["context"]:
             cells = [str(r["context_tokens"])]
             for c in beacons:
                 cfg = r["configs"][c]
                 cells.append(f"{_fmt_s(cfg['cold_s'])} / {_fmt_s(cfg['warm_ram_s'])} / {_fmt_s(cfg.get('warm_disk_s'))}")
-            lines.append("| " + " | ".join(cells) + " |")
+            rows.append(cells)
+        lines += markdown_table(head, rows)
     lines += ["", f"![time to first token vs context]({plots_rel}/ttft_vs_context.png)", ""]
     lines += [(f"### Time to first token vs number of documents "
                f"({result['tokens_per_document_for_documents_curve']} tokens each)"), ""]
     head = ["documents", "context tokens", "full prefill", "prompt reuse", "exact cold", "exact warm RAM",
             "exact warm disk"] + [f"{c} warm RAM" for c in beacons]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for r in result["curves"]["documents"]:
         ex = r["configs"]["exact"]
         cells = [str(r["documents"]), str(r["context_tokens"]), _fmt_s(r["full_prefill_s"]),
                  _fmt_s(r["prompt_reuse_s"]), _fmt_s(ex["cold_s"]), _fmt_s(ex["warm_ram_s"]),
                  _fmt_s(ex.get("warm_disk_s"))]
         cells += [_fmt_s(r["configs"][c]["warm_ram_s"]) for c in beacons]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines += markdown_table(head, rows)
     lines += ["", f"![time to first token vs documents]({plots_rel}/ttft_vs_documents.png)", ""]
     return "\n".join(lines)
 
@@ -361,15 +372,13 @@ def memory_markdown(result: dict[str, Any], plots_rel: str) -> str:
               "real `MemoryTier` of 1 GiB filled with copies of a document's entry until it evicts."), ""]
     head = ["configuration", "KV bytes / context token", "vs full", "peak RSS (cold request)",
             "peak added by the request", "disk bytes per document", "documents in a 1 GB RAM tier"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     full = result["full_kv_bytes_per_token"]
-    for r in result["configs"]:
-        lines.append("| " + " | ".join([
-            r["config"], f"{r['kv_bytes_per_token']:,.0f}", _ratio(r["kv_bytes_per_token"], full),
-            _fmt_bytes(r.get("peak_rss_bytes")), _fmt_bytes(r.get("peak_added_bytes")),
-            _fmt_bytes(r.get("disk_bytes_per_document")),
-            f"{r['documents_in_1gb_ram_tier']:,}" if r.get("documents_in_1gb_ram_tier") is not None else "-",
-        ]) + " |")
+    lines += markdown_table(head, [[
+        r["config"], f"{r['kv_bytes_per_token']:,.0f}", _ratio(r["kv_bytes_per_token"], full),
+        _fmt_bytes(r.get("peak_rss_bytes")), _fmt_bytes(r.get("peak_added_bytes")),
+        _fmt_bytes(r.get("disk_bytes_per_document")),
+        f"{r['documents_in_1gb_ram_tier']:,}" if r.get("documents_in_1gb_ram_tier") is not None else "-",
+    ] for r in result["configs"]])
     lines += ["", f"![memory]({plots_rel}/memory.png)", ""]
     return "\n".join(lines)
 
@@ -379,13 +388,11 @@ def throughput_markdown(result: dict[str, Any], plots_rel: str) -> str:
              f"Zipf(s={result['zipf_s']}) over {result['corpus_documents']} documents of "
              f"{result['tokens_per_document']} tokens, {result['answer_tokens']} answer tokens"), ""]
     head = ["configuration", "queries/s", "vs plain", "TTFT p50", "TTFT p95", "document hit rate", "token hit rate"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = next((r["qps"] for r in result["configs"] if r["config"] == "plain"), None)
-    for r in result["configs"]:
-        lines.append("| " + " | ".join([
-            r["config"], f"{r['qps']:.3f}", _ratio(r["qps"], base) if base else "-", _fmt_s(r["ttft_p50_s"]),
-            _fmt_s(r["ttft_p95_s"]), f"{r['document_hit_rate']:.2f}", f"{r['token_hit_rate']:.2f}",
-        ]) + " |")
+    lines += markdown_table(head, [[
+        r["config"], f"{r['qps']:.3f}", _ratio(r["qps"], base) if base else "-", _fmt_s(r["ttft_p50_s"]),
+        _fmt_s(r["ttft_p95_s"]), f"{r['document_hit_rate']:.2f}", f"{r['token_hit_rate']:.2f}",
+    ] for r in result["configs"]])
     lines += ["", f"![throughput]({plots_rel}/throughput.png)", ""]
     return "\n".join(lines)
 
