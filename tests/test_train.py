@@ -274,17 +274,19 @@ def test_cli_arguments_build_the_config():
     args = parser.parse_args(["--steps", "7", "--ratios", "2,8", "--low-rank", "0", "--context-tokens", "64,128",
                               "--tasks", '{"passkey": 1}', "--distill-weight", "0.3", "--no-resume",
                               "--raw-loss-weight", "0.5", "--init-plugin", "some/plugin", "--batch-size", "4",
-                              "--answer-weight", "1.5"])
+                              "--answer-weight", "1.5", "--anchor-weight", "0.01"])
     cfg = config_from_args(args)
     assert (cfg.steps, cfg.ratios, cfg.low_rank, cfg.context_tokens) == (7, (2, 8), None, (64, 128))
     assert cfg.tasks == {"passkey": 1} and cfg.distill_weight == 0.3 and cfg.resume is False
     assert cfg.raw_loss_weight == 0.5 and cfg.init_plugin == "some/plugin" and cfg.batch_size == 4
-    assert cfg.answer_weight == 1.5
+    assert cfg.answer_weight == 1.5 and cfg.anchor_weight == 0.01
     assert TrainConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
     with pytest.raises(ValueError):
         TrainConfig(window=100, ratios=(8,)).check()
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=0).check()
+    with pytest.raises(ValueError, match="anchor_weight"):
+        TrainConfig(anchor_weight=-1.0).check()
 
 
 def test_raw_token_loss_with_ratio_zero_is_the_plain_models_loss(lm, examples):
@@ -333,6 +335,36 @@ def test_warm_start_from_a_saved_plugin(tmp_path, lm, examples):
     assert second.plugin.digest() == first.plugin.digest() and second.step == 0
     with pytest.raises(ValueError, match="low rank"):
         trainer(config(tmp_path / "c", low_rank=2, init_plugin=str(saved)), lm, examples)
+
+
+def _drift(t: Trainer, start: dict[str, torch.Tensor]) -> float:
+    return sum(((p - start[name]) ** 2).sum().item() for name, p in t.plugin.state_dict().items())
+
+
+def test_anchor_holds_a_warm_start_near_its_plugin_and_survives_a_resume(tmp_path, lm, examples):
+    first = trainer(config(tmp_path / "start", steps=4, checkpoint_every=4), lm, examples)
+    first.run(progress=False)
+    saved = str(first.checkpoints()[-1] / "plugin")
+    start = {name: p.detach().clone() for name, p in first.plugin.state_dict().items()}
+
+    free = trainer(config(tmp_path / "free", steps=12, init_plugin=saved), lm, examples)
+    free.run(progress=False)
+    held = trainer(config(tmp_path / "held", steps=12, init_plugin=saved, anchor_weight=5.0), lm, examples)
+    held.run(progress=False)
+    # Same data, same seed, same start: only the anchor differs, and it keeps the weights nearer.
+    assert 0 < _drift(held, start) < 0.5 * _drift(free, start)
+    log = [json.loads(line) for line in (tmp_path / "held" / "log.jsonl").read_text().splitlines()]
+    # Step 1 starts on the anchor (no pull yet); later steps log weight * drift before their update.
+    assert log[0]["anchor_loss"] == 0.0 and all(r["anchor_loss"] > 0 for r in log[1:])
+    assert "anchor_loss" not in json.loads((tmp_path / "free" / "log.jsonl").read_text().splitlines()[-1])
+
+    # Interrupted and resumed, the pull is still towards the starting plug-in, not the checkpoint.
+    cut = config(tmp_path / "cut", steps=12, checkpoint_every=4, init_plugin=saved, anchor_weight=5.0)
+    trainer(cut, lm, examples).run(progress=False, until=6)
+    resumed = trainer(cut, lm, examples)
+    resumed.run(progress=False)
+    for (name, a), (_, b) in zip(held.plugin.state_dict().items(), resumed.plugin.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), name
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(lm, examples):

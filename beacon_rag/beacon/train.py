@@ -13,7 +13,11 @@ One step, as inference will use the plug-in:
    inside the window loop, where later windows see earlier ones only through beacons;
 3. optionally (``distill_weight > 0``) a KL term pulls the compressed model's next-token
    distribution on the target tokens towards the same base model's distribution with the
-   UNcompressed context (teacher, no gradient): a denser signal than the one-hot labels.
+   UNcompressed context (teacher, no gradient): a denser signal than the one-hot labels;
+4. optionally (``anchor_weight > 0``) ``anchor_weight * ||theta - theta_start||^2`` over the
+   plug-in's parameters (L2-SP) holds a warm start near the plug-in it started from: on a CPU
+   budget each new mixture so far bought one task by losing another (the training README), and
+   this term charges for every step away from what the starting plug-in already did well.
 
 Only plug-in parameters train (base frozen: ``requires_grad_(False)`` and checked at the end of
 tests). The run is deterministic in its seed: example ``i`` and the ratio of step ``k`` are pure
@@ -87,6 +91,7 @@ class TrainConfig:
     raw_loss_weight: float = 0.0  # the paper's next-token loss on the context's raw tokens (0: off)
     answer_weight: float = 0.0  # extra weight on the answer's own tokens in QA targets (0: off)
     init_plugin: str | None = None  # a saved plug-in to start from (warm start of a new run)
+    anchor_weight: float = 0.0  # L2 pull towards the starting weights (0: off); see the module docstring
     gradient_checkpointing: bool = False
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
@@ -126,6 +131,8 @@ class TrainConfig:
             raise ValueError(f"context_tokens must be (low, high) with 16 <= low <= high, got {self.context_tokens}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.anchor_weight < 0:
+            raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
         unknown = [task for task in self.eval_tasks if task not in BENCH_TASKS]
         if unknown or not self.eval_tasks:
             raise ValueError(f"eval_tasks must name tasks among {', '.join(sorted(BENCH_TASKS))}; "
@@ -445,6 +452,9 @@ class Trainer:
         self.params = [p for p in self.plugin.parameters()]
         for p in self.params:
             p.requires_grad_(True)
+        # Taken before any checkpoint loads: a resumed run keeps pulling towards where the run
+        # started, not towards where it was interrupted.
+        self.anchor = [p.detach().clone() for p in self.params] if config.anchor_weight > 0 else None
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
                                            betas=(0.9, 0.98))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config))
@@ -535,7 +545,8 @@ class Trainer:
             f"- plug-in: low-rank {c.low_rank} deltas over the base q/k/v + beacon embedding\n"
             f"- objective: compression-based auto-regression (context through the beacon window loop with "
             f"gradients, next-token loss on the continuation), distillation weight {c.distill_weight}, raw-token "
-            f"loss weight {c.raw_loss_weight}, answer-token weight {c.answer_weight}; warm start: {c.init_plugin or 'none (untrained copy)'}\n"
+            f"loss weight {c.raw_loss_weight}, answer-token weight {c.answer_weight}, anchor weight {c.anchor_weight}; "
+            f"warm start: {c.init_plugin or 'none (untrained copy)'}\n"
             f"- window {c.window}, ratios {list(c.ratios)} (one per step), sink {c.sink}\n"
             f"- data: offline mixture {c.tasks} from `split_sources('train')` (Python stdlib docs), contexts "
             f"{list(c.context_tokens)} tokens, targets up to {c.target_tokens} tokens; seed {c.seed}\n"
@@ -631,6 +642,12 @@ class Trainer:
             if "answer" in losses:
                 answers.append(losses["answer"].item())
             tokens += sum(example.tokens for example in batch)
+        anchor_loss = None
+        if self.anchor is not None:
+            drift = sum(((p - start) ** 2).sum() for p, start in zip(self.params, self.anchor))
+            (c.anchor_weight * drift).backward()
+            anchor_loss = c.anchor_weight * drift.item()
+            totals["loss"] += anchor_loss
         norm = torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
@@ -642,6 +659,7 @@ class Trainer:
         return {"step": self.step, "loss": totals["loss"], "lm_loss": totals["lm"],
                 "distill_loss": totals["distill"], "raw_loss": totals["raw"],
                 "answer_loss": sum(answers) / len(answers) if answers else None,
+                **({} if anchor_loss is None else {"anchor_loss": anchor_loss}),
                 "ratio": ratio,
                 "tokens": self.tokens, "step_tokens": tokens,
                 "seconds": round(self.seconds, 3), "step_seconds": round(seconds, 3), "lr": lr,
@@ -743,6 +761,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--answer-weight", type=float, default=d.answer_weight,
                         help="extra weight on the answer's own tokens (a pass key's digits) in QA targets (0: off)")
     parser.add_argument("--init-plugin", default=None, help="start a new run from this saved plug-in folder")
+    parser.add_argument("--anchor-weight", type=float, default=d.anchor_weight,
+                        help="L2 pull of the weights towards the starting plug-in's, so that a warm start keeps "
+                             "what it did well (0: off)")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute each window's activations in backward (less memory, ~1/3 more compute)")
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
@@ -775,6 +796,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         context_tokens=tuple(args.context_tokens), target_tokens=args.target_tokens, tasks=tasks,
         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
         raw_loss_weight=args.raw_loss_weight, answer_weight=args.answer_weight, init_plugin=args.init_plugin,
+        anchor_weight=args.anchor_weight,
         gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, eval_every=args.eval_every, eval_examples=args.eval_examples,
         eval_context_tokens=args.eval_context_tokens, eval_ratio=args.eval_ratio, eval_tasks=args.eval_tasks,
