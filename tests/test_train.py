@@ -130,7 +130,14 @@ def test_gap_recovered_for_losses_and_accuracies():
 
 def test_curve_of_a_run_without_evals_shows_moving_averages(tmp_path):
     """CPU runs skip held-out evals; their curve's second panel must still carry the trend."""
-    from beacon_rag.bench.training_curve import _moving_average, plot
+    from beacon_rag.bench.training_curve import (
+        SMOOTHING_STEPS,
+        _moving_average,
+        compare,
+        plot,
+        read_log,
+        smoothed_losses,
+    )
 
     assert _moving_average([1.0, 2.0, 3.0, 4.0, 5.0], 2) == [1.0, 1.5, 2.5, 3.5, 4.5]
     rows = [{"step": i, "loss": 5.0 - i / 100, "lm_loss": 1.0, "raw_loss": 3.0,
@@ -138,6 +145,22 @@ def test_curve_of_a_run_without_evals_shows_moving_averages(tmp_path):
     (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     png = plot(tmp_path / "log.jsonl", tmp_path / "curve.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # Runs without evals compared side by side: the same averages, against training tokens.
+    for i, row in enumerate(rows):
+        row["tokens"] = 100 * (i + 1)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    series = smoothed_losses(read_log(tmp_path / "b" / "log.jsonl"), x="tokens")
+    assert list(series) == ["next-token", "raw-token", "answer tokens"]
+    answered = [r for r in rows if r["answer_loss"] is not None]
+    assert series["answer tokens"] == ([r["tokens"] for r in answered],
+                                       _moving_average([r["answer_loss"] for r in answered], SMOOTHING_STEPS))
+    sweep = compare([tmp_path / "log.jsonl", tmp_path / "b" / "log.jsonl"], tmp_path / "sweep.png")
+    assert sweep.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "log.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+    with pytest.raises(ValueError, match="nothing to compare"):
+        compare([tmp_path / "c" / "log.jsonl"], tmp_path / "empty.png")
     # the PNG first and the log second (an easy swap) is refused with the usage, not a traceback
     swapped = subprocess.run([sys.executable, "-m", "beacon_rag.bench.training_curve", str(png),
                               str(tmp_path / "log.jsonl")], capture_output=True, text=True, check=False)
@@ -633,5 +656,24 @@ def test_eval_only_prints_the_starting_plugins_eval_and_trains_nothing(tmp_path,
     (tmp_path / "older.json").write_text(json.dumps(older))
     assert eval_table([f"older={tmp_path / 'older.json'}"]) == 0
     assert capsys.readouterr().out.splitlines()[2].split(" | ")[3] == f"{trained['eval_answer_by_task']['passkey']:.2f} / - / -"
+    # Evals with accuracies but from before the counts: alone they give the share; beside an eval
+    # of the same examples that recorded its counts, they read "k of n" too.
+    uncounted = {k: v for k, v in trained.items() if k != "eval_examples_by_task"}
+    (tmp_path / "uncounted.json").write_text(json.dumps(uncounted))
+    assert eval_table([f"uncounted={tmp_path / 'uncounted.json'}"]) == 0
+    assert capsys.readouterr().out.splitlines()[2].split(" | ")[3].endswith(f" / {exact:.2f}")
+    assert eval_table([f"uncounted={tmp_path / 'uncounted.json'}", f"subset={tmp_path / 'subset.json'}"]) == 0
+    assert capsys.readouterr().out.splitlines()[2].split(" | ")[3] == lines[2].split(" | ")[3]
+    # One plug-in's eval split across cores by --eval-tasks is one row, the row of its whole eval.
+    def part(tasks):
+        return {k: ({t: x for t, x in v.items() if t in tasks} if k.endswith("_by_task") else v)
+                for k, v in trained.items()}
+    first_half, second_half = list(trained["eval_by_task"])[:3], list(trained["eval_by_task"])[3:]
+    for name, tasks in (("first", first_half), ("second", second_half)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(part(tasks)))
+    assert eval_table([f"trained={tmp_path / 'first.json'}", f"trained={tmp_path / 'second.json'}"]) == 0
+    assert capsys.readouterr().out.splitlines()[2] == lines[2]
+    assert eval_table([f"trained={tmp_path / 'first.json'}", f"trained={tmp_path / 'trained.json'}"]) == 1
+    assert f"trained at ratio {trained['eval_ratio']} has two evals of" in capsys.readouterr().err
     assert eval_table([str(tmp_path / "trained.json")]) == 1  # no LABEL=
     assert "usage:" in capsys.readouterr().err

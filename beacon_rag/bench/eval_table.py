@@ -2,7 +2,8 @@
 
 ``python -m beacon_rag.bench.eval_table [--references] LABEL=EVAL.json [LABEL=EVAL.json ...]``
 
-One row per eval: its ratio, the share of the LM gap recovered, and per QA task the answer tokens'
+One row per plug-in label and ratio (evals of one plug-in on different ``--eval-tasks`` with the
+same label and ratio share a row): its ratio, the share of the LM gap recovered, and per QA task the answer tokens'
 loss / greedy token accuracy / exact answers ("2 of 8"). ``--references`` adds the full-context and
 no-context rows, which the trainer scores on the same held-out examples for every plug-in. Every
 session since the third wrote this table by hand or with a throwaway script; this is that script.
@@ -37,8 +38,11 @@ def read_eval(path: str | Path) -> dict[str, Any]:
     return result
 
 
-def _cell(result: dict[str, Any], task: str, condition: str = "") -> str:
-    """answer loss / token accuracy / exact answers, for the compressed ("") or a reference condition."""
+def _cell(result: dict[str, Any], task: str, condition: str = "", counts: dict[str, int] | None = None) -> str:
+    """answer loss / token accuracy / exact answers, for the compressed ("") or a reference condition.
+
+    ``counts``: examples per task, known from any eval of the same examples (older evals lack them).
+    """
     loss = result[f"eval_answer{condition}_by_task"].get(task)
     if loss is None:
         return ""
@@ -46,8 +50,8 @@ def _cell(result: dict[str, Any], task: str, condition: str = "") -> str:
     exact = result.get(f"eval_answer_exact{condition}_by_task", {}).get(task)
     if accuracy is None or exact is None:
         return f"{loss:.2f} / - / -"  # an eval from before accuracies were recorded: its loss alone
-    count = result.get("eval_examples_by_task", {}).get(task)
-    # Evals written before the counts were recorded give the share; a count reads better when known.
+    count = result.get("eval_examples_by_task", {}).get(task) or (counts or {}).get(task)
+    # Where no eval of these examples recorded the count, the share; a count reads better when known.
     exact_text = f"{round(exact * count)} of {count}" if count else f"{exact:.2f}"
     return f"{loss:.2f} / {accuracy:.2f} / {exact_text}"
 
@@ -64,22 +68,44 @@ def _check_same_examples(evals: list[tuple[str, dict[str, Any]]]) -> None:
                                  "--eval-examples and --eval-context-tokens")
 
 
+def _merge_rows(evals: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """One eval per (label, ratio): a plug-in scored on task subsets (how evals are split across
+    cores) is one row. A task scored twice under one label and ratio is refused: which is the row's?"""
+    merged: dict[tuple[str, int], dict[str, Any]] = {}
+    for label, result in evals:
+        row = merged.setdefault((label, result["eval_ratio"]), {})
+        for key, value in result.items():
+            if not key.endswith("_by_task"):
+                row.setdefault(key, value)
+                continue
+            tasks = row.setdefault(key, {})
+            twice = [task for task in value if task in tasks and key == "eval_answer_by_task"]
+            if twice:
+                raise ValueError(f"{label} at ratio {result['eval_ratio']} has two evals of {', '.join(twice)}: "
+                                 "give them different labels")
+            tasks.update(value)
+    return [(label, result) for (label, _), result in merged.items()]
+
+
 def table(evals: list[tuple[str, dict[str, Any]]], references: bool = False) -> str:
     """The Markdown table for ``(label, eval)`` pairs; QA tasks in the order the evals first name them."""
     if not evals:
         raise ValueError("no evals to tabulate")
     _check_same_examples(evals)
+    evals = _merge_rows(evals)
     tasks = list(dict.fromkeys(task for _, result in evals for task in result["eval_answer_by_task"]))
     header = ["plug-in", "ratio", "lm gap", *tasks]
+    # The examples are the same in every eval (checked above), so one eval's counts serve all.
+    counts = {task: n for _, result in evals for task, n in result.get("eval_examples_by_task", {}).items()}
     rows = []
     for label, result in evals:
         gap = result.get("eval_gap_recovered_by_task", {}).get("lm")
         rows.append([label, str(result["eval_ratio"]), "" if gap is None else f"{gap:.2f}",
-                     *(_cell(result, task) for task in tasks)])
+                     *(_cell(result, task, counts=counts) for task in tasks)])
     if references:
         for name, condition in (("full context", "_full"), ("no context", "_none")):
             # Each task's reference from the first eval that scored it: they agree (checked above).
-            cells = [next(_cell(r, task, condition) for _, r in evals if task in r["eval_answer_by_task"])
+            cells = [next(_cell(r, task, condition, counts) for _, r in evals if task in r["eval_answer_by_task"])
                      for task in tasks]
             rows.append([name, "", "", *cells])
     return "\n".join(markdown_table(header, rows))

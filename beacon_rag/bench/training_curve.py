@@ -2,7 +2,9 @@
 
 ``python -m beacon_rag.bench.training_curve LOG.jsonl OUT.png`` (needs matplotlib: the ``plots`` extra);
 ``... --compare OUT.png LOG1.jsonl LOG2.jsonl ...`` draws several runs side by side instead: the
-held-out gap recovered per task against training tokens, one line per run (how a sweep is read).
+held-out gap recovered per task against training tokens, one line per run (how a sweep is read);
+runs logged without held-out evals (CPU runs skip them) are compared on moving averages of their
+training losses instead, the only trend such logs hold.
 Where a run was resumed, a step may appear twice; the later line wins, as it is the one the
 resumed run's parameters came from.
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 from beacon_rag.bench.report import _pyplot, _save_figure
 
 SMOOTHING_STEPS = 50
+TRAINING_LOSSES = (("lm_loss", "next-token"), ("raw_loss", "raw-token"), ("answer_loss", "answer tokens"))
 
 
 def _moving_average(values: list[float], width: int) -> list[float]:
@@ -36,6 +39,20 @@ def read_log(path: str | Path) -> dict[int, dict]:
             row = json.loads(line)
             steps[int(row["step"])] = {**steps.get(int(row["step"]), {}), **row}
     return dict(sorted(steps.items()))
+
+
+def smoothed_losses(rows: dict[int, dict], x: str = "step") -> dict[str, tuple[list[float], list[float]]]:
+    """Per training loss the log holds: ``(x values, SMOOTHING_STEPS-step moving average)``.
+
+    Per-step losses swing with each step's task and ratio, so a trend is read from the average;
+    a step without a loss (an lm step has no answer) is skipped rather than drawn as zero.
+    """
+    series = {}
+    for key, label in TRAINING_LOSSES:
+        kept = [r for r in rows.values() if r.get(key) is not None]
+        if kept:
+            series[label] = ([r.get(x, 0) for r in kept], _moving_average([r[key] for r in kept], SMOOTHING_STEPS))
+    return series
 
 
 def plot(log: str | Path, out: str | Path) -> Path:
@@ -59,12 +76,9 @@ def plot(log: str | Path, out: str | Path) -> Path:
             eval_ax.plot(evals, [rows[s][name] for s in evals], marker="o", label=label)
         eval_ax.set(title="held-out target loss (ratio 4)", xlabel="step", ylabel="loss")
     else:
-        # A run without held-out evals (they cost minutes on a CPU core): per-step losses swing with
-        # each step's task and ratio, so the trend is read from a moving average instead.
-        for key, label in [("lm_loss", "next-token"), ("raw_loss", "raw-token"), ("answer_loss", "answer tokens")]:
-            kept = [s for s in steps if rows[s].get(key) is not None]  # lm steps have no answer
-            if kept:
-                eval_ax.plot(kept, _moving_average([rows[s][key] for s in kept], SMOOTHING_STEPS), label=label)
+        # A run without held-out evals (they cost minutes on a CPU core) shows its trend instead.
+        for label, (xs, ys) in smoothed_losses(rows).items():
+            eval_ax.plot(xs, ys, label=label)
         eval_ax.set(title=f"training losses, {SMOOTHING_STEPS}-step moving average", xlabel="step", ylabel="loss")
     eval_ax.legend()
     if gaps:
@@ -85,7 +99,12 @@ def plot(log: str | Path, out: str | Path) -> Path:
 
 
 def compare(logs: list[str | Path], out: str | Path, tasks: tuple[str, ...] = ("lm", "passkey", "multidoc")) -> Path:
-    """One panel per task: the held-out share of the gap recovered vs training tokens, one line per run."""
+    """One panel per task: the held-out share of the gap recovered vs training tokens, one line per run.
+
+    When no log holds a held-out eval, one panel per training loss instead (``compare_training``).
+    """
+    if not any(r.get("eval_gap_recovered_by_task") for log in logs for r in read_log(log).values()):
+        return compare_training(logs, out)
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
     for log in logs:
@@ -102,6 +121,24 @@ def compare(logs: list[str | Path], out: str | Path, tasks: tuple[str, ...] = ("
         # trained runs, which are what a sweep is about, readable.
         ax.set_ylim(bottom=max(ax.get_ylim()[0], -1.0))
         ax.set(title=f"{task}: share of the no-context -> full gap recovered", xlabel="training tokens")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save_figure(plt, fig, Path(out))
+
+
+def compare_training(logs: list[str | Path], out: str | Path) -> Path:
+    """Runs without held-out evals side by side: per training loss, its moving average vs training tokens."""
+    runs = {Path(log).parent.name: smoothed_losses(read_log(log), x="tokens") for log in logs}
+    labels = [label for _, label in TRAINING_LOSSES if any(label in series for series in runs.values())]
+    if not labels:
+        raise ValueError(f"nothing to compare: no held-out evals and no training losses in {', '.join(map(str, logs))}")
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(labels), figsize=(5.5 * len(labels), 4), squeeze=False)
+    for ax, label in zip(axes[0], labels):
+        for name, series in runs.items():
+            if label in series:
+                ax.plot(*series[label], label=name)
+        ax.set(title=f"{label} loss, {SMOOTHING_STEPS}-step moving average", xlabel="training tokens", ylabel="loss")
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _save_figure(plt, fig, Path(out))
