@@ -101,20 +101,20 @@ def plot(log: str | Path, out: str | Path) -> Path:
 def compare(logs: list[str | Path], out: str | Path, tasks: tuple[str, ...] = ("lm", "passkey", "multidoc")) -> Path:
     """One panel per task: the held-out share of the gap recovered vs training tokens, one line per run.
 
-    When no log holds a held-out eval, one panel per training loss instead (``compare_training``).
+    When no log holds a held-out eval, one panel per training loss instead (``_compare_training``).
     """
-    if not any(r.get("eval_gap_recovered_by_task") for log in logs for r in read_log(log).values()):
-        return compare_training(logs, out)
+    # Named by their folder, as every run's output folder holds its log.jsonl.
+    runs = [(Path(log).parent.name, read_log(log)) for log in logs]
+    if not any(r.get("eval_gap_recovered_by_task") for _, rows in runs for r in rows.values()):
+        return _compare_training(runs, out, logs)
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
-    for log in logs:
-        rows = read_log(log)
+    for name, rows in runs:
         evals = [r for r in rows.values() if r.get("eval_gap_recovered_by_task")]
         tokens = [r.get("tokens", 0) for r in evals]
         for ax, task in zip(axes[0], tasks):
             values = [r["eval_gap_recovered_by_task"].get(task) for r in evals]
-            ax.plot(tokens, [float("nan") if v is None else v for v in values], marker="o", ms=3,
-                    label=Path(log).parent.name)
+            ax.plot(tokens, [float("nan") if v is None else v for v in values], marker="o", ms=3, label=name)
     for ax, task in zip(axes[0], tasks):
         ax.axhline(0, color="grey", lw=0.6)
         # Untrained starts lie far below zero (-4 for LM); clipping keeps the differences between
@@ -126,16 +126,18 @@ def compare(logs: list[str | Path], out: str | Path, tasks: tuple[str, ...] = ("
     return _save_figure(plt, fig, Path(out))
 
 
-def compare_training(logs: list[str | Path], out: str | Path) -> Path:
-    """Runs without held-out evals side by side: per training loss, its moving average vs training tokens."""
-    runs = {Path(log).parent.name: smoothed_losses(read_log(log), x="tokens") for log in logs}
-    labels = [label for _, label in TRAINING_LOSSES if any(label in series for series in runs.values())]
+def _compare_training(runs: list[tuple[str, dict[int, dict]]], out: str | Path, logs: list[str | Path]) -> Path:
+    """Runs without held-out evals side by side: per training loss, its moving average vs training tokens.
+
+    A list, not a dict by name: two runs in folders of the same name are both drawn."""
+    smoothed = [(name, smoothed_losses(rows, x="tokens")) for name, rows in runs]
+    labels = [label for _, label in TRAINING_LOSSES if any(label in series for _, series in smoothed)]
     if not labels:
         raise ValueError(f"nothing to compare: no held-out evals and no training losses in {', '.join(map(str, logs))}")
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(labels), figsize=(5.5 * len(labels), 4), squeeze=False)
     for ax, label in zip(axes[0], labels):
-        for name, series in runs.items():
+        for name, series in smoothed:
             if label in series:
                 ax.plot(*series[label], label=name)
         ax.set(title=f"{label} loss, {SMOOTHING_STEPS}-step moving average", xlabel="training tokens", ylabel="loss")
