@@ -297,12 +297,12 @@ def test_cli_arguments_build_the_config():
     args = parser.parse_args(["--steps", "7", "--ratios", "2,8", "--low-rank", "0", "--context-tokens", "64,128",
                               "--tasks", '{"passkey": 1}', "--distill-weight", "0.3", "--no-resume",
                               "--raw-loss-weight", "0.5", "--init-plugin", "some/plugin", "--batch-size", "4",
-                              "--answer-weight", "1.5", "--anchor-weight", "0.01"])
+                              "--answer-weight", "1.5", "--anchor-weight", "0.01", "--anchor-plugin", "other"])
     cfg = config_from_args(args)
     assert (cfg.steps, cfg.ratios, cfg.low_rank, cfg.context_tokens) == (7, (2, 8), None, (64, 128))
     assert cfg.tasks == {"passkey": 1} and cfg.distill_weight == 0.3 and cfg.resume is False
     assert cfg.raw_loss_weight == 0.5 and cfg.init_plugin == "some/plugin" and cfg.batch_size == 4
-    assert cfg.answer_weight == 1.5 and cfg.anchor_weight == 0.01
+    assert cfg.answer_weight == 1.5 and cfg.anchor_weight == 0.01 and cfg.anchor_plugin == "other"
     assert TrainConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
     with pytest.raises(ValueError):
         TrainConfig(window=100, ratios=(8,)).check()
@@ -310,6 +310,8 @@ def test_cli_arguments_build_the_config():
         TrainConfig(batch_size=0).check()
     with pytest.raises(ValueError, match="anchor_weight"):
         TrainConfig(anchor_weight=-1.0).check()
+    with pytest.raises(ValueError, match="anchor_plugin needs anchor_weight"):
+        TrainConfig(anchor_plugin="other").check()
 
 
 def test_raw_token_loss_with_ratio_zero_is_the_plain_models_loss(lm, examples):
@@ -388,6 +390,32 @@ def test_anchor_holds_a_warm_start_near_its_plugin_and_survives_a_resume(tmp_pat
     resumed.run(progress=False)
     for (name, a), (_, b) in zip(held.plugin.state_dict().items(), resumed.plugin.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_anchor_plugin_pulls_towards_another_plugin_than_the_start(tmp_path, lm, examples):
+    """A run continued from an anchored run's plug-in (optimizer state gone) keeps that run's
+    anchor: with ``anchor_plugin`` the pull is towards it, not towards where this run starts."""
+    first = trainer(config(tmp_path / "a", steps=4, checkpoint_every=4), lm, examples)
+    first.run(progress=False)
+    anchor_dir = str(first.checkpoints()[-1] / "plugin")
+    anchor = {name: p.detach().clone() for name, p in first.plugin.state_dict().items()}
+    moved = trainer(config(tmp_path / "b", steps=12, checkpoint_every=12, init_plugin=anchor_dir), lm, examples)
+    moved.run(progress=False)
+    start_dir = str(moved.checkpoints()[-1] / "plugin")
+    gap = _drift(moved, anchor)
+
+    kwargs = {"steps": 8, "init_plugin": start_dir, "anchor_weight": 50.0}
+    pulled = trainer(config(tmp_path / "pulled", anchor_plugin=anchor_dir, **kwargs), lm, examples)
+    pulled.run(progress=False)
+    held = trainer(config(tmp_path / "held", **kwargs), lm, examples)
+    held.run(progress=False)
+    # Pulled back towards the anchor plug-in; the same run anchored at its start stays away from it.
+    assert _drift(pulled, anchor) < 0.8 * gap < _drift(held, anchor)
+    first_step = json.loads((tmp_path / "pulled" / "log.jsonl").read_text().splitlines()[0])
+    assert first_step["anchor_loss"] == pytest.approx(50.0 * gap, rel=1e-3)
+    assert f"towards {anchor_dir}" in pulled.training_note()
+    with pytest.raises(ValueError, match=r"anchor plug-in .*\(low rank 4\) cannot serve"):
+        trainer(config(tmp_path / "narrow", low_rank=2, anchor_plugin=anchor_dir, anchor_weight=1.0), lm, examples)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(lm, examples):

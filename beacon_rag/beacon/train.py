@@ -18,6 +18,8 @@ One step, as inference will use the plug-in:
    plug-in's parameters (L2-SP) holds a warm start near the plug-in it started from: on a CPU
    budget each new mixture so far bought one task by losing another (the training README), and
    this term charges for every step away from what the starting plug-in already did well.
+   ``anchor_plugin`` names another plug-in to pull towards: a run continued from a committed
+   checkpoint of an anchored run (its optimizer state gone) keeps the first run's anchor.
 
 Only plug-in parameters train (base frozen: ``requires_grad_(False)`` and checked at the end of
 tests). The run is deterministic in its seed: example ``i`` and the ratio of step ``k`` are pure
@@ -92,6 +94,7 @@ class TrainConfig:
     answer_weight: float = 0.0  # extra weight on the answer's own tokens in QA targets (0: off)
     init_plugin: str | None = None  # a saved plug-in to start from (warm start of a new run)
     anchor_weight: float = 0.0  # L2 pull towards the starting weights (0: off); see the module docstring
+    anchor_plugin: str | None = None  # pull towards this saved plug-in instead of the starting weights
     gradient_checkpointing: bool = False
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
@@ -133,6 +136,8 @@ class TrainConfig:
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.anchor_weight < 0:
             raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
+        if self.anchor_plugin and not self.anchor_weight:
+            raise ValueError("anchor_plugin needs anchor_weight > 0: without a weight nothing pulls towards it")
         unknown = [task for task in self.eval_tasks if task not in BENCH_TASKS]
         if unknown or not self.eval_tasks:
             raise ValueError(f"eval_tasks must name tasks among {', '.join(sorted(BENCH_TASKS))}; "
@@ -448,13 +453,13 @@ class Trainer:
         self._eval_refs: list[dict[str, float]] | None = None
         self.plugin = BeaconPlugin.from_model(lm, low_rank=config.low_rank, seed=config.seed)
         if config.init_plugin:
-            self._warm_start(Path(config.init_plugin))
+            self._load_into(self.plugin, Path(config.init_plugin), "init")
         self.params = [p for p in self.plugin.parameters()]
         for p in self.params:
             p.requires_grad_(True)
         # Taken before any checkpoint loads: a resumed run keeps pulling towards where the run
-        # started, not towards where it was interrupted.
-        self.anchor = [p.detach().clone() for p in self.params] if config.anchor_weight > 0 else None
+        # started (or towards anchor_plugin), not towards where it was interrupted.
+        self.anchor = self._anchor() if config.anchor_weight > 0 else None
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
                                            betas=(0.9, 0.98))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config))
@@ -463,24 +468,33 @@ class Trainer:
         self.seconds = 0.0
         self.log_path = self.out / "log.jsonl"
 
-    def _warm_start(self, folder: Path) -> None:
-        """Start from a saved plug-in's weights: a new run with a new objective or schedule
-        continues what an earlier run learned instead of starting over. A run with a larger rank
-        (or full rank) starts from the same function with room to learn more (``widen_from``)."""
+    def _load_into(self, target: BeaconPlugin, folder: Path, role: str) -> None:
+        """Put a saved plug-in's weights into ``target``, a plug-in of this run's shape: a new run
+        with a new objective or schedule continues what an earlier run learned instead of starting
+        over. A run with a larger rank (or full rank) starts from the same function with room to
+        learn more (``widen_from``)."""
         loaded = BeaconPlugin.load(folder, self.lm)
-        if loaded.low_rank == self.plugin.low_rank:
-            self.plugin.load_state_dict(loaded.state_dict())
+        if loaded.low_rank == target.low_rank:
+            target.load_state_dict(loaded.state_dict())
         else:
             try:
-                self.plugin.widen_from(loaded.to(device=self.lm.device, dtype=self.plugin.beacon_embed.dtype))
+                target.widen_from(loaded.to(device=self.lm.device, dtype=target.beacon_embed.dtype))
             except BeaconWeightsError as err:
                 raise ValueError(
-                    f"init plug-in {folder} (low rank {loaded.low_rank}) cannot start this run "
-                    f"(low rank {self.plugin.low_rank}): {err}"
+                    f"{role} plug-in {folder} (low rank {loaded.low_rank}) cannot serve this run "
+                    f"(low rank {target.low_rank}): {err}"
                 ) from None
-            logger.info("widened %s from low rank %s to %s", folder, loaded.low_rank,
-                        self.plugin.low_rank or "full")
-        logger.info("warm start from %s (its training step %s)", folder, loaded.config.get("training_step"))
+            logger.info("widened %s from low rank %s to %s", folder, loaded.low_rank, target.low_rank or "full")
+        logger.info("%s plug-in %s (its training step %s)", role, folder, loaded.config.get("training_step"))
+
+    def _anchor(self) -> list[torch.Tensor]:
+        """The weights the anchor term pulls towards, one detached tensor per trained parameter."""
+        if not self.config.anchor_plugin:
+            return [p.detach().clone() for p in self.params]
+        # Built like self.plugin (same rank and seed), so widened directions match too.
+        target = BeaconPlugin.from_model(self.lm, low_rank=self.config.low_rank, seed=self.config.seed)
+        self._load_into(target, Path(self.config.anchor_plugin), "anchor")
+        return [p.detach().clone() for p in target.parameters()]
 
     # -------------------------------------------------------------- checkpoints
     def checkpoints(self) -> list[Path]:
@@ -545,7 +559,8 @@ class Trainer:
             f"- plug-in: low-rank {c.low_rank} deltas over the base q/k/v + beacon embedding\n"
             f"- objective: compression-based auto-regression (context through the beacon window loop with "
             f"gradients, next-token loss on the continuation), distillation weight {c.distill_weight}, raw-token "
-            f"loss weight {c.raw_loss_weight}, answer-token weight {c.answer_weight}, anchor weight {c.anchor_weight}; "
+            f"loss weight {c.raw_loss_weight}, answer-token weight {c.answer_weight}, anchor weight {c.anchor_weight}"
+            f"{f' towards {c.anchor_plugin}' if c.anchor_plugin else ''}; "
             f"warm start: {c.init_plugin or 'none (untrained copy)'}\n"
             f"- window {c.window}, ratios {list(c.ratios)} (one per step), sink {c.sink}\n"
             f"- data: offline mixture {c.tasks} from `split_sources('train')` (Python stdlib docs), contexts "
@@ -761,6 +776,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--answer-weight", type=float, default=d.answer_weight,
                         help="extra weight on the answer's own tokens (a pass key's digits) in QA targets (0: off)")
     parser.add_argument("--init-plugin", default=None, help="start a new run from this saved plug-in folder")
+    parser.add_argument("--anchor-plugin", default=d.anchor_plugin,
+                        help="with --anchor-weight: pull towards this saved plug-in instead of the starting weights "
+                             "(a run continued from an anchored run's committed plug-in keeps that run's anchor)")
     parser.add_argument("--anchor-weight", type=float, default=d.anchor_weight,
                         help="L2 pull of the weights towards the starting plug-in's, so that a warm start keeps "
                              "what it did well (0: off)")
@@ -796,7 +814,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         context_tokens=tuple(args.context_tokens), target_tokens=args.target_tokens, tasks=tasks,
         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
         raw_loss_weight=args.raw_loss_weight, answer_weight=args.answer_weight, init_plugin=args.init_plugin,
-        anchor_weight=args.anchor_weight,
+        anchor_weight=args.anchor_weight, anchor_plugin=args.anchor_plugin,
         gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, eval_every=args.eval_every, eval_examples=args.eval_examples,
         eval_context_tokens=args.eval_context_tokens, eval_ratio=args.eval_ratio, eval_tasks=args.eval_tasks,
