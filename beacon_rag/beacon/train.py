@@ -469,10 +469,12 @@ class Trainer:
         self.log_path = self.out / "log.jsonl"
 
     def _load_into(self, target: BeaconPlugin, folder: Path, role: str) -> None:
-        """Put a saved plug-in's weights into ``target``, a plug-in of this run's shape: a new run
-        with a new objective or schedule continues what an earlier run learned instead of starting
-        over. A run with a larger rank (or full rank) starts from the same function with room to
-        learn more (``widen_from``)."""
+        """Put a saved plug-in's weights into ``target``, a plug-in of this run's shape.
+
+        Used for the warm start (a new run with a new objective or schedule continues what an
+        earlier run learned instead of starting over) and for ``anchor_plugin``. A smaller rank is
+        widened (``widen_from``): a run with a larger rank (or full rank) starts from the same
+        function with room to learn more, and its anchor is that same function."""
         loaded = BeaconPlugin.load(folder, self.lm)
         if loaded.low_rank == target.low_rank:
             target.load_state_dict(loaded.state_dict())

@@ -13,20 +13,29 @@
 # mixture, seed 17, 500 steps, the same anchor:
 #   codes2:    ratios 4 and 8, as before;
 #   codes2-r4: ratio 4 only, twice the steps at the ratio that trails.
-#   launch.sh NAME CORE [SECONDS]     NAME in: same codes codes2 codes2-r4; default 3000 s
+# Then, in the session's last half hour, `codes2`'s step-500 plug-in on longer contexts: the runs
+# above trained on 256-512 tokens, and their codes trail only at ratio 4 on the eval's 1,024 (256
+# beacon slots, more than training ever made at ratio 4). The `codes2` settings but
+#   long:    contexts of 768-1,024 tokens;
+#   longer:  contexts of 1,024-2,048 tokens (as the shipped plug-in's H100 run);
+# seed 18, 250 steps, a checkpoint every 50 (stopped by --time-limit 1500).
+#   launch.sh NAME CORE [SECONDS]     NAME in: same codes codes2 codes2-r4 long longer; default 3000 s
 # Then: beacon-rag train --eval-only --seed 2 --low-rank 32 --eval-examples 8 --eval-ratio 4
 #       --eval-context-tokens 1024 --init-plugin runs/s13/NAME/step-N/plugin
 set -euo pipefail
 name=$1; core=$2; seconds=${3:-3000}
 cd "$(git rev-parse --show-toplevel)"
 codes_mixture='{"lm": 0.1, "passkey": 0.3, "kv": 0.05, "multidoc": 0.15, "codes": 0.3, "multiturn": 0.1}'
-init=benchmarks/training/cpu-anchor/anchored10/step-600/plugin; seed=16; steps=600; ratios=4,8; every=200
+init=benchmarks/training/cpu-anchor/anchored10/step-600/plugin; seed=16; steps=600; ratios=4,8; every=200; contexts=256,512
 case $name in
   same) tasks='{"lm": 0.2, "passkey": 0.3, "kv": 0.1, "multidoc": 0.15, "codes": 0.1, "multiturn": 0.15}' ;;
   codes) tasks=$codes_mixture ;;
   codes2|codes2-r4)
     tasks=$codes_mixture; init=benchmarks/training/cpu-anchor-more/codes/step-600/plugin; seed=17; steps=500; every=100
     [ "$name" = codes2-r4 ] && ratios=4 ;;
+  long|longer)
+    tasks=$codes_mixture; init=benchmarks/training/cpu-anchor-more/codes2/step-500/plugin; seed=18; steps=250; every=50
+    contexts=768,1024; [ "$name" = longer ] && contexts=1024,2048 ;;
   *) echo "unknown run $name" >&2; exit 2 ;;
 esac
 shipped=beacon_rag/data/plugins/smollm2-135m-instruct
@@ -36,6 +45,6 @@ taskset -c "$core" env OMP_NUM_THREADS=1 nice -n "${BT_NICE:-0}" .venv/bin/pytho
   --output-dir "runs/s13/$name" --seed "$seed" --low-rank 32 --init-plugin "$init" \
   --anchor-weight 0.1 --anchor-plugin "$shipped" \
   --lr 2e-4 --warmup-steps 10 --window 256 --target-tokens 48 --distill-weight 0 --raw-loss-weight 1.0 \
-  --answer-weight 3.0 --ratios "$ratios" --context-tokens 256,512 --steps "$steps" --checkpoint-every "$every" \
+  --answer-weight 3.0 --ratios "$ratios" --context-tokens "$contexts" --steps "$steps" --checkpoint-every "$every" \
   --keep-checkpoints 100 --eval-every 0 --threads 1 --no-progress --time-limit "$seconds" --tasks "$tasks" \
   > "runs/s13/$name.out" 2>&1
