@@ -348,6 +348,28 @@ def test_compressor_spec_and_untrained_plugin(tiny_models, tmp_path):
                                from_object.compress(lm, ids, KVContext(lm)).keys)
 
 
+def test_compressor_warns_at_a_ratio_the_plugin_was_not_trained_at(tiny_models, caplog):
+    lm = tiny_models["llama"]
+    plugin = perturbed_plugin(lm)
+    plugin.config["ratios"] = [2, 4]
+    ids = random_ids(32, seed=3)
+    with caplog.at_level("WARNING", logger="beacon_rag.compressors.beacon"):
+        BeaconCompressor(ratio=4, window=8, plugin=plugin).compress(lm, ids, KVContext(lm))
+        assert not caplog.records
+        outside = BeaconCompressor(ratio=8, window=8, plugin=plugin)
+        outside.compress(lm, ids, KVContext(lm))
+        outside.compress(lm, ids, KVContext(lm))
+    assert [r.getMessage() for r in caplog.records] == [
+        "beacon ratio 8 is outside the ratios this plug-in was trained at (2, 4): expect lower quality than at those"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="beacon_rag.compressors.beacon"):
+        BeaconCompressor(ratio=0, window=8, plugin=plugin).compress(lm, ids, KVContext(lm))  # keep raw
+        del plugin.config["ratios"]  # records none: not judged
+        BeaconCompressor(ratio=8, window=8, plugin=plugin).compress(lm, ids, KVContext(lm))
+    assert not caplog.records
+
+
 def test_compressor_adapt(tiny_models):
     small = tiny_model("llama", tiny_models["llama"].tokenizer, max_positions=64)
     comp = BeaconCompressor(ratio="adapt", window=8, reserve=16)

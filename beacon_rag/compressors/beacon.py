@@ -149,6 +149,7 @@ class BeaconCompressor:
         self._lock = threading.Lock()
         self._ready: dict[int, BeaconPlugin] = {}  # per model (by id), checked and converted
         self._digest: str | None = None
+        self._ratios_warned: set[int] = set()
 
     def _source(self) -> BeaconPlugin:
         """The plug-in as given or as saved (loaded on first need), before any dtype/device move."""
@@ -210,9 +211,26 @@ class BeaconCompressor:
             return int(self.ratio)
         return choose_ratio(n, context_length, self.window, lm.max_positions, self.reserve, self.sink)
 
+    def _warn_if_untrained_ratio(self, plugin: BeaconPlugin, ratio: int) -> None:
+        """Say once per ratio when the plug-in was never trained at it.
+
+        Beacons learn to summarise r tokens for the ratios drawn in training; at another ratio they
+        still run (the shapes do not depend on r) but quality is unmeasured and usually worse, and
+        nothing else would tell the user. The plug-in's config lists its ratios (``ratios``); the
+        untrained plug-in and plug-ins that record none are not judged.
+        """
+        trained = plugin.config.get("ratios")
+        if ratio == 0 or not isinstance(trained, list) or not trained or ratio in trained:
+            return
+        if ratio not in self._ratios_warned:
+            self._ratios_warned.add(ratio)
+            logger.warning("beacon ratio %d is outside the ratios this plug-in was trained at (%s): "
+                           "expect lower quality than at those", ratio, ", ".join(map(str, trained)))
+
     def compress(self, lm: LoadedModel, token_ids: list[int], context: KVContext) -> CompressedKV:
         plugin = self.plugin_for(lm)
         ratio = self.resolve_ratio(lm, len(token_ids), context.length)
+        self._warn_if_untrained_ratio(plugin, ratio)
         return compress_segment(
             lm, plugin, list(token_ids), context, window=self.window, ratio=ratio, sink=self.sink
         )
