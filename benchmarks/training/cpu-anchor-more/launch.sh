@@ -19,7 +19,11 @@
 #   long:    contexts of 768-1,024 tokens;
 #   longer:  contexts of 1,024-2,048 tokens (as the shipped plug-in's H100 run);
 # seed 18, 250 steps, a checkpoint every 50 (stopped by --time-limit 1500).
-#   launch.sh NAME CORE [SECONDS]     NAME in: same codes codes2 codes2-r4 long longer; default 3000 s
+# Ninth session: `longer` led at ratios 2, 4 and 8 after 83 steps. It resumes (`launch.sh longer
+# CORE SECONDS`, from runs/s13/longer/step-83 and its optimizer state) beside
+#   longer2: a new schedule from its step-83 plug-in, the same contexts (1,024-2,048), seed 19,
+#            300 steps, ratios 2, 4 and 8 (the shipped set; this lineage has not seen 2 since).
+#   launch.sh NAME CORE [SECONDS]     NAME in: same codes codes2 codes2-r4 long longer longer2; default 3000 s
 # Then: beacon-rag train --eval-only --seed 2 --low-rank 32 --eval-examples 8 --eval-ratio 4
 #       --eval-context-tokens 1024 --init-plugin runs/s13/NAME/step-N/plugin
 set -euo pipefail
@@ -36,6 +40,9 @@ case $name in
   long|longer)
     tasks=$codes_mixture; init=benchmarks/training/cpu-anchor-more/codes2/step-500/plugin; seed=18; steps=250; every=50
     contexts=768,1024; [ "$name" = longer ] && contexts=1024,2048 ;;
+  longer2)
+    tasks=$codes_mixture; init=benchmarks/training/cpu-anchor-more/longer/step-83/plugin; seed=19; steps=300; every=50
+    contexts=1024,2048; ratios=2,4,8 ;;
   *) echo "unknown run $name" >&2; exit 2 ;;
 esac
 shipped=beacon_rag/data/plugins/smollm2-135m-instruct
