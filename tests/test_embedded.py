@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from beacon_rag import Engine, rag_messages
+from beacon_rag.bench import quality
 from beacon_rag.documents import read_documents, sample_documents_dir
 from beacon_rag.models import load_model
 
@@ -113,3 +115,20 @@ def test_bench_ttft_reports_every_field(tmp_path, compressor):
     else:
         assert report["kv_bytes_per_token"] == report["full_kv_bytes_per_token"]
     assert report["same_answer"] is True
+
+
+def test_shipped_plugin_beats_its_untrained_copy_on_held_out_text(embedded):
+    """Held-out text after a ratio-4 compressed context: the shipped plug-in must keep part of what
+    the context told the model, where its untrained copy (beacon projections = the base ones) is
+    worse than no context at all. A broken export, a plug-in for another model or a mis-loaded
+    tensor would fail here; the unit tests on tiny random models cannot see any of that."""
+    parser = argparse.ArgumentParser()
+    quality.add_arguments(parser)
+    args = parser.parse_args(["--task", "lm-loss", "--methods", "beacon:4,beacon:4:untrained", "--examples", "2",
+                              "--context-tokens", "512"])
+    report = quality.run(args, lm=embedded)
+    shipped, untrained = report["methods"]
+    assert shipped["compressor_spec"]["window"] == 256 and "untrained" not in shipped["compressor_spec"]
+    assert report["full"] < report["none"]
+    assert shipped["gap_recovered"] > 0.1, report
+    assert untrained["gap_recovered"] < 0 and shipped["score"] < untrained["score"] - 1.0, report

@@ -23,7 +23,10 @@
 # CORE SECONDS`, from runs/s13/longer/step-83 and its optimizer state) beside
 #   longer2: a new schedule from its step-83 plug-in, the same contexts (1,024-2,048), seed 19,
 #            300 steps, ratios 2, 4 and 8 (the shipped set; this lineage has not seen 2 since).
-#   launch.sh NAME CORE [SECONDS]     NAME in: same codes codes2 codes2-r4 long longer longer2; default 3000 s
+# Tenth session: `longer2` step 300 was shipped (beacon_rag/data/plugins/smollm2-135m-instruct). It goes on as
+#   longer3: a new schedule from that plug-in, the same settings as longer2, seed 20, 300 steps.
+# Every run is anchored towards the plug-in shipped before that, the H100 run `mix-warm` step 766.
+#   launch.sh NAME CORE [SECONDS]     NAME in: same codes codes2 codes2-r4 long longer longer2 longer3; default 3000 s
 # Then: beacon-rag train --eval-only --seed 2 --low-rank 32 --eval-examples 8 --eval-ratio 4
 #       --eval-context-tokens 1024 --init-plugin runs/s13/NAME/step-N/plugin
 set -euo pipefail
@@ -43,14 +46,17 @@ case $name in
   longer2)
     tasks=$codes_mixture; init=benchmarks/training/cpu-anchor-more/longer/step-83/plugin; seed=19; steps=300; every=50
     contexts=1024,2048; ratios=2,4,8 ;;
+  longer3)
+    tasks=$codes_mixture; init=benchmarks/training/cpu-anchor-more/longer2/step-300/plugin; seed=20; steps=300; every=50
+    contexts=1024,2048; ratios=2,4,8 ;;
   *) echo "unknown run $name" >&2; exit 2 ;;
 esac
-shipped=beacon_rag/data/plugins/smollm2-135m-instruct
+anchor_to=benchmarks/training/gpu-h100/mix-warm/step-766/plugin  # shipped until the tenth session
 mkdir -p runs/s13
 # lr 2e-4 falling on a cosine: the seventh session's schedule was near 1e-4 at its step 600.
 taskset -c "$core" env OMP_NUM_THREADS=1 nice -n "${BT_NICE:-0}" .venv/bin/python -m beacon_rag.beacon.train \
   --output-dir "runs/s13/$name" --seed "$seed" --low-rank 32 --init-plugin "$init" \
-  --anchor-weight 0.1 --anchor-plugin "$shipped" \
+  --anchor-weight 0.1 --anchor-plugin "$anchor_to" \
   --lr 2e-4 --warmup-steps 10 --window 256 --target-tokens 48 --distill-weight 0 --raw-loss-weight 1.0 \
   --answer-weight 3.0 --ratios "$ratios" --context-tokens "$contexts" --steps "$steps" --checkpoint-every "$every" \
   --keep-checkpoints 100 --eval-every 0 --threads 1 --no-progress --time-limit "$seconds" --tasks "$tasks" \
