@@ -115,6 +115,15 @@ def test_loss_decreases_and_only_plugin_changes(tmp_path, lm, examples):
 
     png = compare([tmp_path / "log.jsonl", tmp_path / "log.jsonl"], tmp_path / "sweep.png", tasks=("passkey",))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # By default one panel per task the evals scored: a second task makes the figure twice as wide.
+    for record in records:
+        if "eval_gap_recovered_by_task" in record:
+            record["eval_gap_recovered_by_task"]["lm"] = 0.5
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "log.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    every_task = compare([tmp_path / "two" / "log.jsonl"], tmp_path / "every-task.png")
+    width = int.from_bytes(every_task.read_bytes()[16:20], "big")  # the PNG header's IHDR width
+    assert width == 2 * int.from_bytes(png.read_bytes()[16:20], "big")
 
 
 def test_gap_recovered_for_losses_and_accuracies():

@@ -98,15 +98,21 @@ def plot(log: str | Path, out: str | Path) -> Path:
     return _save_figure(plt, fig, Path(out))
 
 
-def compare(logs: list[str | Path], out: str | Path, tasks: tuple[str, ...] = ("lm", "passkey", "multidoc")) -> Path:
+def compare(logs: list[str | Path], out: str | Path, tasks: tuple[str, ...] | None = None) -> Path:
     """One panel per task: the held-out share of the gap recovered vs training tokens, one line per run.
 
-    When no log holds a held-out eval, one panel per training loss instead (``_compare_training``).
+    Solid: the whole target; dashed, same colour: the answer's own tokens, where the log has them (a
+    pass key's digits; the template around them is learnt early and hides whether the digits are).
+    ``tasks`` defaults to every task the logs' evals scored. When no log holds a held-out eval, one
+    panel per training loss instead (``_compare_training``).
     """
     # Named by their folder, as every run's output folder holds its log.jsonl.
     runs = [(Path(log).parent.name, read_log(log)) for log in logs]
     if not any(r.get("eval_gap_recovered_by_task") for _, rows in runs for r in rows.values()):
         return _compare_training(runs, out, logs)
+    if tasks is None:
+        tasks = tuple(dict.fromkeys(task for _, rows in runs for r in rows.values()
+                                    for task in r.get("eval_gap_recovered_by_task") or {}))
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
     for name, rows in runs:
@@ -114,7 +120,11 @@ def compare(logs: list[str | Path], out: str | Path, tasks: tuple[str, ...] = ("
         tokens = [r.get("tokens", 0) for r in evals]
         for ax, task in zip(axes[0], tasks):
             values = [r["eval_gap_recovered_by_task"].get(task) for r in evals]
-            ax.plot(tokens, [float("nan") if v is None else v for v in values], marker="o", ms=3, label=name)
+            line = ax.plot(tokens, [float("nan") if v is None else v for v in values], marker="o", ms=3, label=name)
+            answers = [r.get("eval_answer_gap_recovered_by_task", {}).get(task) for r in evals]
+            if any(v is not None for v in answers):
+                ax.plot(tokens, [float("nan") if v is None else v for v in answers], ls="--", marker=".",
+                        color=line[0].get_color(), label=f"{name}: answer tokens")
     for ax, task in zip(axes[0], tasks):
         ax.axhline(0, color="grey", lw=0.6)
         # Untrained starts lie far below zero (-4 for LM); clipping keeps the differences between
