@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from beacon_rag import Engine, rag_messages
 from beacon_rag.bench import quality
 from beacon_rag.documents import read_documents, sample_documents_dir
 from beacon_rag.models import load_model
+from tests.helpers.cli import parse_cli
 
 pytestmark = pytest.mark.embedded
 
@@ -122,10 +122,8 @@ def test_shipped_plugin_beats_its_untrained_copy_on_held_out_text(embedded):
     the context told the model, where its untrained copy (beacon projections = the base ones) is
     worse than no context at all. A broken export, a plug-in for another model or a mis-loaded
     tensor would fail here; the unit tests on tiny random models cannot see any of that."""
-    parser = argparse.ArgumentParser()
-    quality.add_arguments(parser)
-    args = parser.parse_args(["--task", "lm-loss", "--methods", "beacon:4,beacon:4:untrained", "--examples", "2",
-                              "--context-tokens", "512"])
+    args = parse_cli(quality.add_arguments, "--task", "lm-loss", "--methods", "beacon:4,beacon:4:untrained",
+                     "--examples", "2", "--context-tokens", "512")
     report = quality.run(args, lm=embedded)
     shipped, untrained = report["methods"]
     assert shipped["compressor_spec"]["window"] == 256 and "untrained" not in shipped["compressor_spec"]

@@ -15,6 +15,7 @@ import pytest
 from beacon_rag.bench import peers, peers_worker
 from beacon_rag.engine import rag_messages
 from beacon_rag.segments import Message
+from tests.helpers.cli import parse_cli
 
 PEERS_PYTHON = peers.default_peers_python()
 needs_peers = pytest.mark.skipif(
@@ -24,9 +25,7 @@ needs_peers = pytest.mark.skipif(
 
 
 def _args(**overrides) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    peers.add_arguments(parser)
-    args = parser.parse_args([])
+    args = parse_cli(peers.add_arguments)
     for key, value in overrides.items():
         setattr(args, key, value)
     return args

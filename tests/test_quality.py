@@ -20,6 +20,7 @@ from beacon_rag.compressors.streaming import StreamingCompressor
 from beacon_rag.engine import Engine
 from beacon_rag.kv import KVContext
 from beacon_rag.models import LoadedModel
+from tests.helpers.cli import parse_cli
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -190,9 +191,7 @@ def test_build_compressor_refuses_options_that_do_not_apply():
 
 # --------------------------------------------------------------------------- the bench end to end
 def bench_args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    quality.add_arguments(parser)
-    return parser.parse_args(list(argv))
+    return parse_cli(quality.add_arguments, *argv)
 
 
 @pytest.mark.parametrize("task,compressor", [

@@ -18,6 +18,7 @@ from beacon_rag.beacon import BeaconPlugin, BeaconWeightsError, compress_segment
 from beacon_rag.beacon.data import TrainingData, filler_stream, make_task_examples
 from beacon_rag.beacon.train import TrainConfig, Trainer, lr_factor
 from beacon_rag.kv import KVContext
+from tests.helpers.cli import parse_cli
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -296,22 +297,40 @@ def test_data_deterministic_and_splits_disjoint(lm):
         assert example.target_ids and (task == "lm-loss" or example.answer in lm.decode(example.target_ids))
 
 
-def test_cli_arguments_build_the_config():
-    import argparse
+def test_package_docs_add_training_text_and_never_held_out_text(lm):
+    """``--package-docs``: the installed packages' READMEs follow the standard library's training text;
+    the held-out text, whose figures must compare across machines, refuses them."""
+    from beacon_rag.beacon.data import Mixture
+    from beacon_rag.bench.corpus import package_sources
 
+    names = [name for name, _ in package_sources()]
+    assert names == sorted(names) and all(name.startswith("package:") for name in names)
+    assert "package:torch" in names and not any(name.startswith("package:beacon-rag") for name in names)
+    plain, _ = filler_stream(lm, "train")
+    more, more_names = filler_stream(lm, "train", package_docs=True)
+    assert more[: len(plain)] == plain and len(more) > len(plain) + 10_000
+    _, heldout_names = filler_stream(lm, "heldout")
+    assert set(names) <= set(more_names) and not set(more_names) & set(heldout_names)
+    with pytest.raises(ValueError, match="training text only"):
+        filler_stream(lm, "heldout", package_docs=True)
+    assert TrainingData(lm, seed=1, mixture=Mixture(package_docs=True)).builder.stream is more
+    assert TrainingData(lm, seed=1).builder.stream is plain
+
+
+def test_cli_arguments_build_the_config():
     from beacon_rag.beacon.train import add_arguments, config_from_args
 
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--steps", "7", "--ratios", "2,8", "--low-rank", "0", "--context-tokens", "64,128",
-                              "--tasks", '{"passkey": 1}', "--distill-weight", "0.3", "--no-resume",
-                              "--raw-loss-weight", "0.5", "--init-plugin", "some/plugin", "--batch-size", "4",
-                              "--answer-weight", "1.5", "--anchor-weight", "0.01", "--anchor-plugin", "other"])
+    args = parse_cli(add_arguments, "--steps", "7", "--ratios", "2,8", "--low-rank", "0", "--context-tokens", "64,128",
+                     "--tasks", '{"passkey": 1}', "--distill-weight", "0.3", "--no-resume",
+                     "--raw-loss-weight", "0.5", "--init-plugin", "some/plugin", "--batch-size", "4",
+                     "--answer-weight", "1.5", "--anchor-weight", "0.01", "--anchor-plugin", "other",
+                     "--package-docs")
     cfg = config_from_args(args)
     assert (cfg.steps, cfg.ratios, cfg.low_rank, cfg.context_tokens) == (7, (2, 8), None, (64, 128))
     assert cfg.tasks == {"passkey": 1} and cfg.distill_weight == 0.3 and cfg.resume is False
     assert cfg.raw_loss_weight == 0.5 and cfg.init_plugin == "some/plugin" and cfg.batch_size == 4
     assert cfg.answer_weight == 1.5 and cfg.anchor_weight == 0.01 and cfg.anchor_plugin == "other"
+    assert cfg.package_docs and not config_from_args(parse_cli(add_arguments)).package_docs
     assert TrainConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
     with pytest.raises(ValueError):
         TrainConfig(window=100, ratios=(8,)).check()
@@ -619,55 +638,47 @@ def test_step_log_has_no_answer_loss_without_an_answer(tmp_path, lm, examples):
 
 
 def test_train_speed_bench_measures_every_batch_size(embedded):
-    import argparse
-
     from beacon_rag.bench import train_speed
 
-    parser = argparse.ArgumentParser()
-    train_speed.add_arguments(parser)
-    args = parser.parse_args(["--narrow", "--batch-sizes", "1,2", "--context-tokens", "64", "--window", "16",
-                              "--steps", "1", "--warmup", "0", "--threads", "1", "--no-save"])
+    args = parse_cli(train_speed.add_arguments, "--narrow", "--batch-sizes", "1,2", "--context-tokens", "64",
+                     "--window", "16", "--steps", "1", "--warmup", "0", "--threads", "1", "--no-save")
     result = train_speed.run(args)
     assert [row["batch_size"] for row in result["rows"]] == [1, 2]
     assert result["rows"][0]["speedup_vs_first"] == 1.0
     assert all(row["tokens_per_s"] > 0 and row["seconds_per_step"] > 0 for row in result["rows"])
     assert result["model"].endswith("-narrow") and result["setting"]["context_tokens"] == 64
     with pytest.raises(SystemExit):
-        parser.parse_args(["--batch-sizes", "0,2"])
+        parse_cli(train_speed.add_arguments, "--batch-sizes", "0,2")
 
 
 def test_eval_only_prints_the_starting_plugins_eval_and_trains_nothing(tmp_path, lm, capsys):
     """``beacon-rag train --eval-only``: a saved plug-in's held-out figures, no training step."""
-    import argparse
-
     from beacon_rag.beacon.train import add_arguments, run
 
     lm.model.save_pretrained(tmp_path / "model")
     lm.tokenizer.save_pretrained(tmp_path / "model")
     plugin = _perturbed_plugin(lm, seed=4)
     plugin.save(tmp_path / "plugin")
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
     common = ["--model", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"), "--window", "16",
               "--ratios", "2,4", "--low-rank", "4", "--eval-examples", "1", "--eval-context-tokens", "48",
               "--target-tokens", "8", "--eval-only", "--no-progress"]
-    assert run(parser.parse_args([*common, "--init-plugin", str(tmp_path / "plugin")])) == 0
+    assert run(parse_cli(add_arguments, *common, "--init-plugin", str(tmp_path / "plugin"))) == 0
     trained = json.loads(capsys.readouterr().out)
-    assert run(parser.parse_args(common)) == 0
+    assert run(parse_cli(add_arguments, *common)) == 0
     untrained = json.loads(capsys.readouterr().out)
     assert trained["eval_ratio"] == 4 and set(trained["eval_by_task"]) == {"lm", "passkey", "multidoc", "codes", "multiturn", "recall"}
     assert trained["eval_full"] == untrained["eval_full"] and trained["eval_compressed"] != untrained["eval_compressed"]
     assert "passkey" in trained["eval_answer_gap_recovered_by_task"]
     assert not list((tmp_path / "out").glob("step-*")) and not (tmp_path / "out" / "log.jsonl").exists()
     # A subset of the tasks scores the same examples as the full eval does, and only those.
-    assert run(parser.parse_args([*common, "--init-plugin", str(tmp_path / "plugin"), "--eval-tasks", "codes,passkey"])) == 0
+    assert run(parse_cli(add_arguments, *common, "--init-plugin", str(tmp_path / "plugin"), "--eval-tasks", "codes,passkey")) == 0
     subset = json.loads(capsys.readouterr().out)
     assert set(subset["eval_by_task"]) == {"codes", "passkey"}
     for task in ("codes", "passkey"):
         assert subset["eval_by_task"][task] == pytest.approx(trained["eval_by_task"][task], rel=1e-6)
         assert subset["eval_answer_exact_by_task"][task] == trained["eval_answer_exact_by_task"][task]
     with pytest.raises(ValueError, match="eval_tasks.*got passkey, codez"):
-        run(parser.parse_args([*common, "--eval-tasks", "passkey,codez"]))
+        run(parse_cli(add_arguments, *common, "--eval-tasks", "passkey,codez"))
     assert trained["eval_examples_by_task"] == dict.fromkeys(trained["eval_by_task"], 1)
 
     # The table a session's note carries, from these evals' own JSON.
@@ -684,7 +695,7 @@ def test_eval_only_prints_the_starting_plugins_eval_and_trains_nothing(tmp_path,
                                         f"{trained['eval_answer_token_accuracy_by_task']['passkey']:.2f} / {round(exact)} of 1")
     assert lines[3].split(" | ")[4] == ""  # the subset did not score multidoc
     # Another seed holds other held-out examples: side by side, its figures would not compare.
-    assert run(parser.parse_args([*common, "--seed", "1", "--eval-tasks", "passkey"])) == 0
+    assert run(parse_cli(add_arguments, *common, "--seed", "1", "--eval-tasks", "passkey")) == 0
     (tmp_path / "other.json").write_text(capsys.readouterr().out)
     assert eval_table([f"trained={tmp_path / 'trained.json'}", f"other={tmp_path / 'other.json'}"]) == 1
     assert "trained and other scored different held-out passkey examples" in capsys.readouterr().err

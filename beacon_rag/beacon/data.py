@@ -100,26 +100,30 @@ def answer_span(lm: LoadedModel, answer_text: str, answer: str) -> tuple[int, in
 
 
 # ---------------------------------------------------------------------------- filler text
-_STREAMS: dict[tuple[str, str], tuple[list[int], tuple[str, ...]]] = {}
+_STREAMS: dict[tuple[str, str, bool], tuple[list[int], tuple[str, ...]]] = {}
 _STREAMS_LOCK = threading.Lock()
 
 
-def filler_stream(lm: LoadedModel, split: Split) -> tuple[list[int], tuple[str, ...]]:
+def filler_stream(lm: LoadedModel, split: Split, package_docs: bool = False) -> tuple[list[int], tuple[str, ...]]:
     """All sources of ``split`` tokenized and joined (blank line between them), and their names.
 
-    Tokenized once per tokenizer and split (a few seconds); the source names are returned so tests
-    can check that train and held-out data never share a source.
+    ``package_docs`` appends the installed packages' READMEs (``corpus.package_sources``) to the
+    training text; the held-out text never has them. Tokenized once per tokenizer, split and
+    choice (a few seconds); the source names are returned so tests can check that train and
+    held-out data never share a source.
     """
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-    from beacon_rag.bench.corpus import split_sources
+    if package_docs and split != "train":
+        raise ValueError("package_docs is training text only: the held-out text must not depend on what is installed")
+    from beacon_rag.bench.corpus import package_sources, split_sources
 
-    key = (lm.tokenizer_digest, split)
+    key = (lm.tokenizer_digest, split, package_docs)
     with _STREAMS_LOCK:
         cached = _STREAMS.get(key)
     if cached is not None:
         return cached
-    sources = split_sources(split)
+    sources = split_sources(split) + (list(package_sources()) if package_docs else [])
     ids: list[int] = []
     separator = lm.encode("\n\n")
     for _name, text in sources:
@@ -166,11 +170,11 @@ def _code(rng: random.Random, n: int = 5) -> str:
 class TaskBuilder:
     """Builds examples of every task for one model and split; stateless apart from cached token ids."""
 
-    def __init__(self, lm: LoadedModel, split: Split) -> None:
+    def __init__(self, lm: LoadedModel, split: Split, package_docs: bool = False) -> None:
         from beacon_rag.segments import render_glue
 
         self.lm, self.split = lm, split
-        self.stream, self.source_names = filler_stream(lm, split)
+        self.stream, self.source_names = filler_stream(lm, split, package_docs)
         self.user_glue = render_glue(lm, ["user"], add_generation_prompt=True)
         # Every single-turn context opens with this chat header; tokenized once, not per example.
         self.header_ids = lm.encode(self.user_glue[0])
@@ -360,13 +364,13 @@ class TaskBuilder:
         return method(rng, context_tokens)
 
 
-_BUILDERS: dict[tuple[int, str], TaskBuilder] = {}
+_BUILDERS: dict[tuple[int, str, bool], TaskBuilder] = {}
 
 
-def builder(lm: LoadedModel, split: Split) -> TaskBuilder:
-    key = (id(lm), split)
+def builder(lm: LoadedModel, split: Split, package_docs: bool = False) -> TaskBuilder:
+    key = (id(lm), split, package_docs)
     if key not in _BUILDERS:
-        _BUILDERS[key] = TaskBuilder(lm, split)
+        _BUILDERS[key] = TaskBuilder(lm, split, package_docs)
     return _BUILDERS[key]
 
 
@@ -407,6 +411,7 @@ class Mixture:
         "lm": 0.3, "passkey": 0.12, "kv": 0.14, "fact": 0.14, "multidoc": 0.15, "multiturn": 0.15})
     context_tokens: tuple[int, int] = (512, 1024)
     target_tokens: int = 48
+    package_docs: bool = False  # filler text also from installed packages' READMEs (``filler_stream``)
 
 
 class TrainingData:
@@ -422,7 +427,7 @@ class TrainingData:
         unknown = set(self.mixture.weights) - set(TRAIN_TASKS)
         if unknown:
             raise ValueError(f"unknown tasks in mixture: {sorted(unknown)}")
-        self.builder = builder(lm, split)
+        self.builder = builder(lm, split, self.mixture.package_docs)
 
     def _task(self, rng: random.Random) -> str:
         tasks = sorted(self.mixture.weights)

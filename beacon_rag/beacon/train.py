@@ -94,6 +94,7 @@ class TrainConfig:
     answer_weight: float = 0.0  # extra weight on the answer's own tokens in QA targets (0: off)
     init_plugin: str | None = None  # a saved plug-in to start from (warm start of a new run)
     anchor_weight: float = 0.0  # L2 pull towards the starting weights (0: off); see the module docstring
+    package_docs: bool = False  # training filler also from installed packages' READMEs (more text for long runs)
     anchor_plugin: str | None = None  # pull towards this saved plug-in instead of the starting weights
     gradient_checkpointing: bool = False
     checkpoint_every: int = 50
@@ -447,7 +448,7 @@ class Trainer:
         self.data = data or TrainingData(
             lm, "train", config.seed,
             Mixture(weights=dict(config.tasks), context_tokens=tuple(config.context_tokens),
-                    target_tokens=config.target_tokens),
+                    target_tokens=config.target_tokens, package_docs=config.package_docs),
         )
         self._eval_examples = eval_examples
         self._eval_refs: list[dict[str, float]] | None = None
@@ -565,7 +566,8 @@ class Trainer:
             f"{f' towards {c.anchor_plugin}' if c.anchor_plugin else ''}; "
             f"warm start: {c.init_plugin or 'none (untrained copy)'}\n"
             f"- window {c.window}, ratios {list(c.ratios)} (one per step), sink {c.sink}\n"
-            f"- data: offline mixture {c.tasks} from `split_sources('train')` (Python stdlib docs), contexts "
+            f"- data: offline mixture {c.tasks} from `split_sources('train')` (Python stdlib docs)"
+            f"{' and the installed packages READMEs (`package_sources()`)' if c.package_docs else ''}, contexts "
             f"{list(c.context_tokens)} tokens, targets up to {c.target_tokens} tokens; seed {c.seed}\n"
             f"- optimizer: AdamW lr {c.lr}, warmup {c.warmup_steps}, cosine to {c.min_lr_ratio}x, grad clip "
             f"{c.max_grad_norm}, accumulation {c.grad_accum}, batch {c.batch_size}\n"
@@ -781,6 +783,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--anchor-plugin", default=d.anchor_plugin,
                         help="with --anchor-weight: pull towards this saved plug-in instead of the starting weights "
                              "(a run continued from an anchored run's committed plug-in keeps that run's anchor)")
+    parser.add_argument("--package-docs", action="store_true",
+                        help="training filler also from the installed packages' READMEs, not only the standard "
+                             "library's docs (more text for long GPU runs; the held-out text is unchanged)")
     parser.add_argument("--anchor-weight", type=float, default=d.anchor_weight,
                         help="L2 pull of the weights towards the starting plug-in's, so that a warm start keeps "
                              "what it did well (0: off)")
@@ -816,7 +821,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         context_tokens=tuple(args.context_tokens), target_tokens=args.target_tokens, tasks=tasks,
         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
         raw_loss_weight=args.raw_loss_weight, answer_weight=args.answer_weight, init_plugin=args.init_plugin,
-        anchor_weight=args.anchor_weight, anchor_plugin=args.anchor_plugin,
+        anchor_weight=args.anchor_weight, anchor_plugin=args.anchor_plugin, package_docs=args.package_docs,
         gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, eval_every=args.eval_every, eval_examples=args.eval_examples,
         eval_context_tokens=args.eval_context_tokens, eval_ratio=args.eval_ratio, eval_tasks=args.eval_tasks,

@@ -90,6 +90,26 @@ def split_sources(split: Split) -> list[tuple[str, str]]:
 
 
 @lru_cache(maxsize=1)
+def package_sources() -> tuple[tuple[str, str], ...]:
+    """The long descriptions (READMEs) of the installed distributions, as ``package:NAME``, by name.
+
+    Extra training text only: a GPU run reads the standard library's ~180K training tokens fifty
+    times over in a lease, and the beacons then fit that text rather than text in general. What is
+    installed differs between machines, so these sources never enter the held-out split, whose
+    figures must compare across machines and sessions; beacon-rag's own packages are left out.
+    """
+    from importlib.metadata import distributions
+
+    by_name: dict[str, str] = {}
+    for dist in distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if not name or name in by_name or name.startswith("beacon-rag"):
+            continue
+        by_name[name] = dist.metadata.get_payload() or dist.metadata["Description"] or ""
+    return tuple((f"package:{name}", by_name[name]) for name in sorted(by_name) if len(by_name[name]) > 500)
+
+
+@lru_cache(maxsize=1)
 def stdlib_text() -> str:
     """The benchmark corpus: documentation of ``STDLIB_MODULES`` (modules first, then members).
 
