@@ -297,7 +297,7 @@ def test_data_deterministic_and_splits_disjoint(lm):
         assert example.target_ids and (task == "lm-loss" or example.answer in lm.decode(example.target_ids))
 
 
-def test_package_docs_add_training_text_and_never_held_out_text(lm):
+def test_package_docs_add_training_text_and_never_held_out_text(tmp_path, lm, examples):
     """``--package-docs``: the installed packages' READMEs follow the standard library's training text;
     the held-out text, whose figures must compare across machines, refuses them."""
     from beacon_rag.beacon.data import Mixture
@@ -315,6 +315,9 @@ def test_package_docs_add_training_text_and_never_held_out_text(lm):
         filler_stream(lm, "heldout", package_docs=True)
     assert TrainingData(lm, seed=1, mixture=Mixture(package_docs=True)).builder.stream is more
     assert TrainingData(lm, seed=1).builder.stream is plain
+    # The exported TRAINING.md says which text a plug-in was trained on.
+    assert "packages' READMEs" in trainer(config(tmp_path / "docs", package_docs=True), lm, examples).training_note()
+    assert "READMEs" not in trainer(config(tmp_path / "stdlib"), lm, examples).training_note()
 
 
 def test_cli_arguments_build_the_config():

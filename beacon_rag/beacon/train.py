@@ -94,8 +94,8 @@ class TrainConfig:
     answer_weight: float = 0.0  # extra weight on the answer's own tokens in QA targets (0: off)
     init_plugin: str | None = None  # a saved plug-in to start from (warm start of a new run)
     anchor_weight: float = 0.0  # L2 pull towards the starting weights (0: off); see the module docstring
-    package_docs: bool = False  # training filler also from installed packages' READMEs (more text for long runs)
     anchor_plugin: str | None = None  # pull towards this saved plug-in instead of the starting weights
+    package_docs: bool = False  # training filler also from installed packages' READMEs (more text for long runs)
     gradient_checkpointing: bool = False
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
@@ -554,6 +554,7 @@ class Trainer:
     def training_note(self) -> str:
         c = self.config
         last = self._last_eval or {}
+        packages = " and the installed packages' READMEs (`package_sources()`)" if c.package_docs else ""
         return (
             "# How this beacon plug-in was trained\n\n"
             f"Written automatically by `beacon_rag.beacon.train` at step {self.step} of {c.steps} "
@@ -567,7 +568,7 @@ class Trainer:
             f"warm start: {c.init_plugin or 'none (untrained copy)'}\n"
             f"- window {c.window}, ratios {list(c.ratios)} (one per step), sink {c.sink}\n"
             f"- data: offline mixture {c.tasks} from `split_sources('train')` (Python stdlib docs)"
-            f"{' and the installed packages READMEs (`package_sources()`)' if c.package_docs else ''}, contexts "
+            f"{packages}, contexts "
             f"{list(c.context_tokens)} tokens, targets up to {c.target_tokens} tokens; seed {c.seed}\n"
             f"- optimizer: AdamW lr {c.lr}, warmup {c.warmup_steps}, cosine to {c.min_lr_ratio}x, grad clip "
             f"{c.max_grad_norm}, accumulation {c.grad_accum}, batch {c.batch_size}\n"
