@@ -27,6 +27,7 @@ export PYTHONPATH=$ROOT/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 BEACON
 CPU_RECIPE='--answer-weight 3.0 --distill-weight 0 --gradient-checkpointing --steps 600 --warmup-steps 10
   --checkpoint-every 50 --eval-every 50 --eval-tasks lm-loss,passkey,rag-qa,codes,multidoc
   --tasks {"lm":0.1,"passkey":0.3,"kv":0.05,"multidoc":0.15,"codes":0.3,"multiturn":0.1}'
+LM30='{"lm":0.3,"passkey":0.2,"kv":0.05,"multidoc":0.15,"codes":0.2,"multiturn":0.1}'
 declare -A RUNS=(
   # warm start from the CPU run's step 260 (rank 32); lower lr than the CPU runs
   [mix-warm]="--init-plugin $ROOT/init --low-rank 32 --lr 5e-4"
@@ -56,11 +57,13 @@ declare -A RUNS=(
   # once each step averages over many examples of every task.
   [anchor-b16]="--init-plugin $ROOT/init --low-rank 32 --lr 2e-4 --anchor-weight 0.1 $CPU_RECIPE"
   [free-b16]="--init-plugin $ROOT/init --low-rank 32 --lr 4e-4 $CPU_RECIPE"
-  # For the next lease, with $ROOT/init = gpu-h100-s16/free-b16/step-408/plugin: free-b16 went on
-  # gaining on pass keys and codes while its held-out LM gap fell (0.27 to 0.18 on 8 examples); it
-  # had read the standard library's 180K training tokens about 55 times. The same run with the
-  # installed packages' READMEs added to the training text (--package-docs), beside one without.
-  [free-b16-docs]="--init-plugin $ROOT/init --low-rank 32 --lr 4e-4 --package-docs $CPU_RECIPE"
+  # For the next lease, with $ROOT/init = cpu-after-gpu/stdlib/step-128/plugin (free-b16 408 after
+  # 200K CPU tokens with lm at 30%): free-b16 went on gaining on pass keys and codes while its
+  # held-out LM gap fell (0.27 to 0.18 on 8 examples), having read the standard library's 180K
+  # training tokens about 55 times with lm at 10%; lm at 30% won part of it back on the CPU (0.24).
+  # Both with lm at 30%; one adds the installed packages' READMEs to the training text.
+  [lm30-b16]="--init-plugin $ROOT/init --low-rank 32 --lr 4e-4 $CPU_RECIPE --tasks $LM30"
+  [lm30-docs-b16]="--init-plugin $ROOT/init --low-rank 32 --lr 4e-4 --package-docs $CPU_RECIPE --tasks $LM30"
   [codes-batch]="--init-plugin $ROOT/init --low-rank 96 --lr 5e-4 --answer-weight 3.0 --distill-weight 0 --tasks {\"lm\":0.15,\"passkey\":0.25,\"kv\":0.05,\"multidoc\":0.15,\"codes\":0.25,\"multiturn\":0.15}"
 )
 # BT_RUNS picks the runs (the 2026-11-23 sweep: "mix-warm lm-warm qa-warm r48-warm mix-scratch mix-r64-scratch").
