@@ -55,6 +55,18 @@ def smoothed_losses(rows: dict[int, dict], x: str = "step") -> dict[str, tuple[l
     return series
 
 
+def _gap_lines(ax, xs: list, evals: list[dict], task: str, label: str, **style) -> None:
+    """One task's share of the gap recovered, solid, and beside it, dashed in the same colour, the
+    answer's own tokens where the log has them (a pass key's digits: the template around them is
+    learnt early and would hide whether the digits are). A task an eval did not score is a gap."""
+    values = [r["eval_gap_recovered_by_task"].get(task) for r in evals]
+    line = ax.plot(xs, [float("nan") if v is None else v for v in values], marker="o", label=label, **style)
+    answers = [r.get("eval_answer_gap_recovered_by_task", {}).get(task) for r in evals]
+    if any(v is not None for v in answers):
+        ax.plot(xs, [float("nan") if v is None else v for v in answers], ls="--", marker=".",
+                color=line[0].get_color(), label=f"{label}: answer tokens")
+
+
 def plot(log: str | Path, out: str | Path) -> Path:
     plt = _pyplot()
     rows = read_log(log)
@@ -84,13 +96,7 @@ def plot(log: str | Path, out: str | Path) -> Path:
     if gaps:
         gap_ax = axes[2]
         for task in rows[gaps[-1]]["eval_gap_recovered_by_task"]:
-            values = [rows[s]["eval_gap_recovered_by_task"].get(task) for s in gaps]
-            line = gap_ax.plot(gaps, [float("nan") if v is None else v for v in values], marker="o", label=task)
-            # Dashed, same colour: the answer's tokens alone, where the log has them.
-            answers = [rows[s].get("eval_answer_gap_recovered_by_task", {}).get(task) for s in gaps]
-            if any(v is not None for v in answers):
-                gap_ax.plot(gaps, [float("nan") if v is None else v for v in answers], ls="--", marker=".",
-                            color=line[0].get_color(), label=f"{task}: answer tokens")
+            _gap_lines(gap_ax, gaps, [rows[s] for s in gaps], task, task)
         gap_ax.axhline(0, color="grey", lw=0.6)
         gap_ax.set(title="share of the no-context -> full gap recovered", xlabel="step")
         gap_ax.legend()
@@ -101,8 +107,7 @@ def plot(log: str | Path, out: str | Path) -> Path:
 def compare(logs: list[str | Path], out: str | Path, tasks: tuple[str, ...] | None = None) -> Path:
     """One panel per task: the held-out share of the gap recovered vs training tokens, one line per run.
 
-    Solid: the whole target; dashed, same colour: the answer's own tokens, where the log has them (a
-    pass key's digits; the template around them is learnt early and hides whether the digits are).
+    Solid: the whole target; dashed, same colour: the answer's own tokens (``_gap_lines``).
     ``tasks`` defaults to every task the logs' evals scored. When no log holds a held-out eval, one
     panel per training loss instead (``_compare_training``).
     """
@@ -119,12 +124,7 @@ def compare(logs: list[str | Path], out: str | Path, tasks: tuple[str, ...] | No
         evals = [r for r in rows.values() if r.get("eval_gap_recovered_by_task")]
         tokens = [r.get("tokens", 0) for r in evals]
         for ax, task in zip(axes[0], tasks):
-            values = [r["eval_gap_recovered_by_task"].get(task) for r in evals]
-            line = ax.plot(tokens, [float("nan") if v is None else v for v in values], marker="o", ms=3, label=name)
-            answers = [r.get("eval_answer_gap_recovered_by_task", {}).get(task) for r in evals]
-            if any(v is not None for v in answers):
-                ax.plot(tokens, [float("nan") if v is None else v for v in answers], ls="--", marker=".",
-                        color=line[0].get_color(), label=f"{name}: answer tokens")
+            _gap_lines(ax, tokens, evals, task, name, ms=3)
     for ax, task in zip(axes[0], tasks):
         ax.axhline(0, color="grey", lw=0.6)
         # Untrained starts lie far below zero (-4 for LM); clipping keeps the differences between
