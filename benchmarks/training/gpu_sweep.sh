@@ -24,10 +24,11 @@ GGUF=$ROOT/SmolLM2-135M-Instruct.Q4_1.gguf
 export PYTHONPATH=$ROOT/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 BEACON_RAG_HOME=$ROOT/home \
   PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
+# The CPU chain's settings (cpu-anchor-more/launch.sh) and the two mixtures the 2026-11-24 runs use.
 CPU_RECIPE='--answer-weight 3.0 --distill-weight 0 --gradient-checkpointing --steps 600 --warmup-steps 10
-  --checkpoint-every 50 --eval-every 50 --eval-tasks lm-loss,passkey,rag-qa,codes,multidoc
-  --tasks {"lm":0.1,"passkey":0.3,"kv":0.05,"multidoc":0.15,"codes":0.3,"multiturn":0.1}'
-LM30='{"lm":0.3,"passkey":0.2,"kv":0.05,"multidoc":0.15,"codes":0.2,"multiturn":0.1}'
+  --checkpoint-every 50 --eval-every 50 --eval-tasks lm-loss,passkey,rag-qa,codes,multidoc'
+CODES_MIX='{"lm":0.1,"passkey":0.3,"kv":0.05,"multidoc":0.15,"codes":0.3,"multiturn":0.1}'
+LM30_MIX='{"lm":0.3,"passkey":0.2,"kv":0.05,"multidoc":0.15,"codes":0.2,"multiturn":0.1}'
 declare -A RUNS=(
   # warm start from the CPU run's step 260 (rank 32); lower lr than the CPU runs
   [mix-warm]="--init-plugin $ROOT/init --low-rank 32 --lr 5e-4"
@@ -50,21 +51,21 @@ declare -A RUNS=(
   [digits-batch]="--init-plugin $ROOT/init --low-rank 96 --lr 5e-4 --answer-weight 3.0 --distill-weight 0 --tasks {\"lm\":0.2,\"passkey\":0.3,\"kv\":0.15,\"fact\":0.05,\"multidoc\":0.15,\"multiturn\":0.15}"
   # digits-batch with the codes task (retrieved documents, a 4-digit code in each: rag-qa's shape),
   # which a CPU session's 160 examples did not teach (benchmarks/training/README.md, fourth session).
+  [codes-batch]="--init-plugin $ROOT/init --low-rank 96 --lr 5e-4 --answer-weight 3.0 --distill-weight 0 --tasks {\"lm\":0.15,\"passkey\":0.25,\"kv\":0.05,\"multidoc\":0.15,\"codes\":0.25,\"multiturn\":0.15}"
   # The 2026-11-24 lease (BT_BATCH=16): the CPU chain's recipe (cpu-anchor-more/launch.sh: rank 32,
   # the codes mixture, answer weight 3, raw-token loss, ratios 2/4/8, 1-2K contexts) from the shipped
   # plug-in, at sixteen examples per step: anchored (0.1) towards where it starts, as every CPU run
   # since the seventh session, and free with a larger step, to learn whether the anchor still pays
   # once each step averages over many examples of every task.
-  [anchor-b16]="--init-plugin $ROOT/init --low-rank 32 --lr 2e-4 --anchor-weight 0.1 $CPU_RECIPE"
-  [free-b16]="--init-plugin $ROOT/init --low-rank 32 --lr 4e-4 $CPU_RECIPE"
+  [anchor-b16]="--init-plugin $ROOT/init --low-rank 32 --lr 2e-4 --anchor-weight 0.1 $CPU_RECIPE --tasks $CODES_MIX"
+  [free-b16]="--init-plugin $ROOT/init --low-rank 32 --lr 4e-4 $CPU_RECIPE --tasks $CODES_MIX"
   # For the next lease, with $ROOT/init = cpu-after-gpu/stdlib/step-128/plugin (free-b16 408 after
   # 200K CPU tokens with lm at 30%): free-b16 went on gaining on pass keys and codes while its
   # held-out LM gap fell (0.27 to 0.18 on 8 examples), having read the standard library's 180K
   # training tokens about 55 times with lm at 10%; lm at 30% won part of it back on the CPU (0.24).
   # Both with lm at 30%; one adds the installed packages' READMEs to the training text.
-  [lm30-b16]="--init-plugin $ROOT/init --low-rank 32 --lr 4e-4 $CPU_RECIPE --tasks $LM30"
-  [lm30-docs-b16]="--init-plugin $ROOT/init --low-rank 32 --lr 4e-4 --package-docs $CPU_RECIPE --tasks $LM30"
-  [codes-batch]="--init-plugin $ROOT/init --low-rank 96 --lr 5e-4 --answer-weight 3.0 --distill-weight 0 --tasks {\"lm\":0.15,\"passkey\":0.25,\"kv\":0.05,\"multidoc\":0.15,\"codes\":0.25,\"multiturn\":0.15}"
+  [lm30-b16]="--init-plugin $ROOT/init --low-rank 32 --lr 4e-4 $CPU_RECIPE --tasks $LM30_MIX"
+  [lm30-docs-b16]="--init-plugin $ROOT/init --low-rank 32 --lr 4e-4 --package-docs $CPU_RECIPE --tasks $LM30_MIX"
 )
 # BT_RUNS picks the runs (the 2026-11-23 sweep: "mix-warm lm-warm qa-warm r48-warm mix-scratch mix-r64-scratch").
 SELECTED=${BT_RUNS:-mix-batch digits-batch codes-batch}
