@@ -304,7 +304,7 @@ class Engine:
         cache = resolved.context.to_cache()
         with self.lm.lock, torch.inference_mode():
             out = self.lm.model(input_ids=torch.tensor([resolved.tail_ids], device=self.lm.device),
-                                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                                **self.lm.cache_kwargs(cache), use_cache=True, logits_to_keep=1)
         return torch.log_softmax(out.logits[0, -1].float(), dim=-1).cpu()
 
     def warm(self, messages: Sequence[MessageLike] | str) -> list[SegmentUse]:

@@ -237,7 +237,7 @@ def decode_tokens(
     next_input = torch.tensor([tail_ids], dtype=torch.long, device=lm.device)
     for step in range(params.max_new_tokens):
         with lm.lock, torch.inference_mode():
-            out = lm.model(input_ids=next_input, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = lm.model(input_ids=next_input, **lm.cache_kwargs(cache), use_cache=True, logits_to_keep=1)
         token = pick_token(out.logits[0, -1], params, generator)
         if step == 0:
             on_first_token()

@@ -60,7 +60,7 @@ def next_logits(lm: LoadedModel, context: KVContext, kv: CompressedKV, next_ids:
     placed.append(kv)
     cache = placed.to_cache()
     with torch.inference_mode():
-        out = lm.model(input_ids=torch.tensor([next_ids]), past_key_values=cache, use_cache=True)
+        out = lm.model(input_ids=torch.tensor([next_ids]), **lm.cache_kwargs(cache), use_cache=True)
     return out.logits[0]
 
 

@@ -12,7 +12,7 @@ from conftest import FAMILIES
 
 from beacon_rag import Block, Engine, Message, rag_messages
 from beacon_rag.compressors import prefill_pre_rope
-from beacon_rag.kv import KVContext
+from beacon_rag.kv import KVContext, cache_from_layers
 
 DOCS = [
     "The lighthouse on Gull Island was built in 1871 and painted red in 1902.",
@@ -50,7 +50,8 @@ def test_exact_chained_equals_plain_prefill(tiny_models, family, tmp_path):
     # The placed cache holds what a plain prefill of the same tokens computes (keys after RoPE).
     cached = sum(u.raw_tokens for u in result.segments)
     with torch.inference_mode():
-        plain = lm.model(torch.tensor([ids[:cached]]), use_cache=True).past_key_values
+        plain = cache_from_layers([], [])
+        lm.model(torch.tensor([ids[:cached]]), **lm.cache_kwargs(plain), use_cache=True)
     placed = engine.prepare(messages).context.to_cache()
     for layer in range(lm.num_layers):
         torch.testing.assert_close(placed.layers[layer].keys, plain.layers[layer].keys, rtol=1e-5, atol=1e-5)
@@ -156,7 +157,8 @@ def test_prefill_capture_matches_model_keys(tiny_models):
     context = KVContext(lm)
     context.append(CompressedKV(keys, values, len(ids)))
     with torch.inference_mode():
-        plain = lm.model(torch.tensor([ids]), use_cache=True).past_key_values
+        plain = cache_from_layers([], [])
+        lm.model(torch.tensor([ids]), **lm.cache_kwargs(plain), use_cache=True)
     placed = context.to_cache()
     for layer in range(lm.num_layers):
         torch.testing.assert_close(placed.layers[layer].keys, plain.layers[layer].keys, rtol=1e-5, atol=1e-5)
@@ -218,3 +220,29 @@ def test_stream_in_thread_yields_deltas_then_the_generation(tiny_models, tmp_pat
 
     with pytest.raises(ValueError, match="max_new_tokens"):  # raised in the worker, re-raised here
         asyncio.run(failing())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forwards_take_the_cache_under_the_keyword_of_this_transformers(tiny_models, family):
+    """transformers 5.2x renamed forward's ``past_key_values`` to ``cache`` and will drop the old
+    name (pyproject makes its deprecation warning an error, so any forward of ours still passing
+    the old name fails the suite). Both the causal LM and its decoder take the keyword we pass."""
+    import inspect
+
+    from beacon_rag.models.loader import _cache_keyword
+
+    lm = tiny_models[family]
+    (keyword,) = lm.cache_kwargs(None)
+    for module in (lm.model, lm.model.model):
+        assert keyword in inspect.signature(type(module).forward).parameters
+
+    class BeforeTheRename:  # the forward signature of transformers 5.0 models
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None):
+            raise NotImplementedError
+
+    class AfterTheRename:
+        def forward(self, input_ids=None, cache=None, use_cache=None):
+            raise NotImplementedError
+
+    assert _cache_keyword(BeforeTheRename) == "past_key_values"
+    assert _cache_keyword(AfterTheRename) == "cache"

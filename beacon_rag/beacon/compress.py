@@ -275,7 +275,7 @@ def _window_step(
     cache = cache_from_layers(list(memory_tensors[:layers]), list(memory_tensors[layers:]))
     with _BeaconRouting(lm, plugin) as routing:
         routing.set_mask(is_beacon)
-        out = lm.model.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
+        out = lm.model.model(inputs_embeds=embeds, **lm.cache_kwargs(cache), use_cache=True)
     hidden = out.last_hidden_state.index_select(1, raw_positions)
     kept_keys = [_heads(routing.keys[layer], keep, lm) for layer in range(layers)]
     kept_values = [_heads(routing.values[layer], keep, lm) for layer in range(layers)]

@@ -292,7 +292,7 @@ def _group_losses(lm: LoadedModel, plugin: BeaconPlugin, group: list[Example], *
                                            grad=grad, on_window=score_window if raw_weight > 0 else None,
                                            checkpoint=checkpoint)
         continuations = [e.continuation_ids for e in group]
-        out = lm.model(input_ids=_padded(continuations, lm.device), past_key_values=_memory_cache(lm, keys, values),
+        out = lm.model(input_ids=_padded(continuations, lm.device), **lm.cache_kwargs(_memory_cache(lm, keys, values)),
                        use_cache=True)
         logits = out.logits.float()
         teacher = full_context_logits(lm, group) if distill_weight > 0 else None

@@ -299,7 +299,7 @@ def continuation_loss(lm: LoadedModel, context: KVContext | None, ids: list[int]
     cache = context.to_cache() if context is not None and context.length else None
     inputs = torch.tensor([ids], dtype=torch.long, device=lm.device)
     with lm.lock, torch.inference_mode():
-        out = lm.model(input_ids=inputs, past_key_values=cache, use_cache=cache is not None)
+        out = lm.model(input_ids=inputs, **lm.cache_kwargs(cache), use_cache=cache is not None)
     logits = out.logits[0, fed - 1 : -1].float()
     return float(torch.nn.functional.cross_entropy(logits, inputs[0, fed:]))
 

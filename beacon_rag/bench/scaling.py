@@ -41,6 +41,7 @@ from beacon_rag.bench.report import machine_info, results_dir, save_result, time
 from beacon_rag.bench.ttft import QUESTION, plain_prefill_s
 from beacon_rag.engine import Engine, as_messages, rag_messages
 from beacon_rag.generation import now
+from beacon_rag.kv import cache_from_layers
 from beacon_rag.models import LoadedModel, load_model
 from beacon_rag.segments import build_segments
 
@@ -79,10 +80,11 @@ def build_engine(lm: LoadedModel, config: str, cache_dir: str | Path, memory_byt
 
 def first_token_after(lm: LoadedModel, ids: list[int], cache: Any = None) -> tuple[int, Any]:
     """Greedy first token of ``ids`` continued from ``cache`` (None: from scratch), and the cache."""
+    cache = cache if cache is not None else cache_from_layers([], [])  # grown in place by the forward
     with torch.inference_mode():
-        out = lm.model(input_ids=torch.tensor([ids], device=lm.device), past_key_values=cache, use_cache=True,
+        out = lm.model(input_ids=torch.tensor([ids], device=lm.device), **lm.cache_kwargs(cache), use_cache=True,
                        logits_to_keep=1)
-    return int(torch.argmax(out.logits[0, -1])), out.past_key_values
+    return int(torch.argmax(out.logits[0, -1])), cache
 
 
 def prompt_reuse(lm: LoadedModel, prefix: list[int], tail: list[int], runs: int) -> dict[str, Any]:

@@ -79,7 +79,7 @@ def prefill_pre_rope(
     ids = torch.tensor([token_ids], dtype=torch.long, device=lm.device)
     with lm.lock, torch.inference_mode(), _capture_projections(lm) as (keys, values):
         for start in range(0, ids.shape[1], chunk_tokens):
-            lm.model.model(input_ids=ids[:, start : start + chunk_tokens], past_key_values=cache, use_cache=True)
+            lm.model.model(input_ids=ids[:, start : start + chunk_tokens], **lm.cache_kwargs(cache), use_cache=True)
     return (
         torch.stack([_to_heads(k, lm) for k in keys]).cpu(),
         torch.stack([_to_heads(v, lm) for v in values]).cpu(),

