@@ -175,6 +175,16 @@ def test_scoring_helpers():
     assert quality.gap_recovered(5.0, full=2.0, none=2.0) is None
 
 
+def test_digits_found_credits_kept_digits_in_any_order_but_not_digit_lists():
+    assert quality.digits_found("The pass key is 32275.", "32275") == 1.0
+    assert quality.digits_found("The pass key is 23572.", "32275") == 1.0  # right digits, wrong order
+    assert quality.digits_found("The pass key is 3857.", "83597") == pytest.approx(4 / 5)
+    assert quality.digits_found("The pass key is 11111.", "12345") == pytest.approx(1 / 5)  # each digit counts once
+    assert quality.digits_found("It is 1234567890.", "12345") == pytest.approx(5 / 10)  # no credit for listing all
+    assert quality.digits_found("It is 67 then 12345.", "12345") == 0.0  # the first number is the answer
+    assert quality.digits_found("I do not know.", "12345") == 0.0
+
+
 def test_build_compressor_refuses_options_that_do_not_apply():
     assert quality.build_compressor("knorm", 4).spec() == {"name": "knorm", "ratio": 4}
     assert quality.build_compressor("beacon", 8.0).spec()["ratio"] == 8
@@ -222,6 +232,10 @@ def test_bench_runs_every_task(lm, task, compressor):
         assert report["ratio_to_full"] == pytest.approx(math.exp(report["full"] - report["loss"]))
     else:
         assert 0.0 <= report["accuracy"] <= 1.0 and 0.0 <= report["none"] <= 1.0
+        # digits_found is the mean over the answers the report lists, per condition.
+        for key, condition in (("digits_found", "method"), ("full_digits_found", "full"), ("none_digits_found", "none")):
+            answers = [(row[condition], row["expected"]) for row in report["per_example"]]
+            assert report[key] == pytest.approx(sum(quality.digits_found(a, e) for a, e in answers) / 2)
 
 
 def test_lm_loss_ratio_one_matches_full(lm):
@@ -287,6 +301,11 @@ def test_matrix_rows_equal_single_method_runs(lm, task):
     if task != "lm-loss":
         assert all(set(r) == {"expected", "streaming:4", "knorm:2", "beacon:4:untrained", "full", "none"}
                    and isinstance(r["knorm:2"], str) for r in matrix["per_example"])
+    if task != "lm-loss":
+        for row in matrix["methods"]:
+            answers = [(r[row["method"]], r["expected"]) for r in matrix["per_example"]]
+            assert row["digits_found"] == pytest.approx(sum(quality.digits_found(a, e) for a, e in answers) / 2)
+        assert "| digits found |" in quality.matrix_markdown([matrix])
     assert "| knorm:2 |" in quality.matrix_markdown([matrix])
     with pytest.raises(ValueError, match="--methods entries"):
         quality.parse_method("zip:4")

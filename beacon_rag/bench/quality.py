@@ -39,6 +39,9 @@ engine compresses them all); the live question tail is not counted.
 
 A QA answer is correct when the expected number appears in it as a whole digit run (the model
 answers in full sentences, so we allow 24+ new tokens and do not require an exact answer string).
+QA reports also give ``digits_found`` (see ``digits_found``): how much of the expected number the
+answer's first number holds, in any order. Guessed numbers share digits by chance, so ``none``'s
+figure is the floor to read it against.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import math
 import random
 import re
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -284,6 +288,21 @@ def answer_correct(answer: str, expected: str) -> bool:
     return expected in re.findall(r"\d+", answer)
 
 
+def digits_found(answer: str, expected: str) -> float:
+    """How many of the expected number's digits the answer's first digit run holds, in any order.
+
+    Why: exact-match accuracy of 0 says nothing of how near the answers came. Beacons that keep a
+    pass key's digits but lose their order ("23572" for 32275) score 1 here and 0 on accuracy, while a
+    method that kept nothing of the number scores 0 on both. The count of shared digits is divided by
+    the longer of the two runs, so a long run of digits cannot collect credit by listing them all.
+    """
+    runs = re.findall(r"\d+", answer)
+    if not runs or not expected:
+        return 0.0
+    shared = sum((Counter(runs[0]) & Counter(expected)).values())
+    return shared / max(len(runs[0]), len(expected))
+
+
 def gap_recovered(loss: float, full: float, none: float) -> float | None:
     """Share of the no-context -> full-context loss gap the method keeps; ``None`` if there is no gap."""
     gap = none - full
@@ -385,9 +404,13 @@ class _Tally:
     slots: int = 0
     raw: int = 0
     outputs: list[str] = field(default_factory=list)
+    digits: list[float] = field(default_factory=list)  # ``digits_found`` per QA answer
 
     def mean(self) -> float:
         return sum(self.scores) / len(self.scores) if self.scores else float("nan")
+
+    def digits_mean(self) -> float | None:
+        return sum(self.digits) / len(self.digits) if self.digits else None
 
     def kept_per_token(self) -> float | None:
         return self.slots / self.raw if self.raw else None
@@ -399,6 +422,7 @@ def _answer(engine: Engine, messages: list[Message], expected: str, tally: _Tall
     tally.slots += sum(u.slots for u in result.segments)
     tally.raw += sum(u.raw_tokens for u in result.segments)
     tally.outputs.append(result.text)
+    tally.digits.append(digits_found(result.text, expected))
 
 
 def _run_qa(lm: LoadedModel, compressors: list[Compressor], examples: list[QAExample],
@@ -417,6 +441,7 @@ def _run_qa(lm: LoadedModel, compressors: list[Compressor], examples: list[QAExa
                 tally.scores.append(full.scores[-1])
                 tally.slots, tally.raw = full.slots, full.raw
                 tally.outputs.append(full.outputs[-1])
+                tally.digits.append(full.digits[-1])
             else:
                 _answer(engine, example.messages, example.answer, tally, max_new_tokens)
         _answer(full_engine, example.none_messages, example.answer, none, max_new_tokens)
@@ -527,13 +552,14 @@ def run_matrix(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[
             row.update(gap_recovered=gap_recovered(score, full_score, none_score),
                        ratio_to_full=math.exp(full_score - score))
         else:
-            row["ratio_to_full"] = (score / full_score) if full_score else None
+            row.update(ratio_to_full=(score / full_score) if full_score else None, digits_found=tally.digits_mean())
         rows.append(row)
     report: dict[str, Any] = {
         "task": args.task, "metric": "loss" if args.task == "lm-loss" else "accuracy", "model": lm.name,
         "n": len(examples), "context_tokens": context_tokens, "mean_prompt_tokens": sum(lengths) / len(lengths),
         "seed": args.seed, "full": full_score, "none": none_score, "methods": rows,
-        **({"live_tail": args.live_tail} if args.task == "lm-loss" else {}),
+        **({"live_tail": args.live_tail} if args.task == "lm-loss" else
+           {"full_digits_found": full.digits_mean(), "none_digits_found": none.digits_mean()}),
     }
     if getattr(args, "details", False):
         # One key per --methods entry, as the rows name them.
@@ -543,19 +569,27 @@ def run_matrix(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[
     return report
 
 
+def _fixed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def matrix_markdown(reports: list[dict[str, Any]]) -> str:
     """One markdown table per task from ``run_matrix`` reports (for READMEs and notes)."""
     out = []
     for report in reports:
         lm_loss = report["task"] == "lm-loss"
+        # Reports written before ``digits_found`` existed lack it: "n/a", not a crash.
+        digits = "" if lm_loss else (f" (digits found: full {_fixed(report.get('full_digits_found'))}, "
+                                     f"none {_fixed(report.get('none_digits_found'))})")
         out.append(f"**{report['task']}** (n={report['n']}, ~{report['mean_prompt_tokens']:.0f} prompt tokens): "
-                   f"full {report['full']:.3f}, none {report['none']:.3f}\n")
-        head = ["method", "kept slots / token", *(("loss", "gap recovered") if lm_loss else ("accuracy", "/ full"))]
+                   f"full {report['full']:.3f}, none {report['none']:.3f}{digits}\n")
+        head = ["method", "kept slots / token",
+                *(("loss", "gap recovered") if lm_loss else ("accuracy", "/ full", "digits found"))]
         rows = []
         for row in report["methods"]:
             second = row["gap_recovered"] if lm_loss else row["ratio_to_full"]
-            rows.append([row["method"], f"{row['kept_slots_per_token']:.3f}", f"{row['score']:.3f}",
-                         "n/a" if second is None else f"{second:.2f}"])
+            cells = [row["method"], f"{row['kept_slots_per_token']:.3f}", f"{row['score']:.3f}", _fixed(second)]
+            rows.append(cells if lm_loss else [*cells, _fixed(row.get("digits_found"))])
         out += [*markdown_table(head, rows), ""]
     return "\n".join(out)
 
@@ -607,6 +641,8 @@ def run(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[str, An
             accuracy=score, full=full_score, none=none_score,
             ratio_to_full=(score / full_score) if full_score else None,
             max_new_tokens=args.max_tokens,
+            digits_found=method.digits_mean(), full_digits_found=full.digits_mean(),
+            none_digits_found=none.digits_mean(),
         )
     report["kept_slots_per_token"] = method.kept_per_token()
     report["full_slots_per_token"] = full.kept_per_token()
