@@ -60,9 +60,10 @@ declare -A RUNS=(
   [anchor-b16]="--init-plugin $ROOT/init --low-rank 32 --lr 2e-4 --anchor-weight 0.1 $CPU_RECIPE --tasks $CODES_MIX"
   [free-b16]="--init-plugin $ROOT/init --low-rank 32 --lr 4e-4 $CPU_RECIPE --tasks $CODES_MIX"
   # For the next lease, with $ROOT/init = cpu-s17/lm40/step-189/plugin (shipped since the seventeenth
-  # session: free-b16 408 after 500K CPU tokens with lm at 30-40%): free-b16 went on gaining on pass keys and codes while its
-  # held-out LM gap fell (0.27 to 0.18 on 8 examples), having read the standard library's 180K
-  # training tokens about 55 times with lm at 10%; lm at 30% won part of it back on the CPU (0.24).
+  # session; free-b16 408 after 500K CPU tokens with lm at 30-40%). free-b16 went on gaining on pass
+  # keys and codes while its held-out LM gap fell (0.27 to 0.18 on 8 examples), having read the
+  # standard library's 180K training tokens about 55 times with lm at 10%; lm at 30% won part of it
+  # back on the CPU (0.24).
   # Both with lm at 30%; one adds the installed packages' READMEs to the training text.
   [lm30-b16]="--init-plugin $ROOT/init --low-rank 32 --lr 4e-4 $CPU_RECIPE --tasks $LM30_MIX"
   [lm30-docs-b16]="--init-plugin $ROOT/init --low-rank 32 --lr 4e-4 --package-docs $CPU_RECIPE --tasks $LM30_MIX"
