@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from beacon_rag.compressors import compressor_options, parse_ratio
+from beacon_rag.compressors.beacon import KEEP_CHOICES
 from beacon_rag.documents import Document, DocumentError, read_documents, sample_documents_dir
 
 logger = logging.getLogger("beacon_rag.cli")
@@ -27,6 +28,10 @@ def _engine_options(parser: argparse.ArgumentParser, placement: str = "chained")
     parser.add_argument("--ratio", type=parse_ratio, default=None,
                         help="compression ratio (beacon): 2, 4, 8, 16, 32, 0 (raw) or adapt")
     parser.add_argument("--window", type=int, default=None, help="beacon window in raw tokens (beacon only)")
+    parser.add_argument("--keep", choices=KEEP_CHOICES, default=None,
+                        help="beacon only: also keep these tokens raw among the beacons (digits; numbers: "
+                        "digits and the token ending each number) or none; default: what the plug-in was "
+                        "trained with")
     parser.add_argument("--placement", default=placement, choices=["chained", "independent"],
                         help=f"chained: exact, documents reused as a prefix; independent: documents reused in "
                         f"any order, approximate (see README) (default: {placement})")
@@ -41,7 +46,7 @@ def _engine_options(parser: argparse.ArgumentParser, placement: str = "chained")
 def build_engine(args: argparse.Namespace, **overrides: Any) -> Any:
     from beacon_rag.engine import Engine
 
-    options = compressor_options(args.ratio, args.window)
+    options = compressor_options(args.ratio, args.window, args.keep)
     kwargs: dict[str, Any] = {"compressor": args.compressor, "compressor_options": options,
                               "placement": args.placement, "repair_tokens": args.repair_tokens,
                               "cache_dir": args.cache_dir, "redis_url": getattr(args, "redis_url", None)}
@@ -259,8 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "compressor", None) == "exact" and (
         getattr(args, "ratio", None) is not None or getattr(args, "window", None) is not None
+        or getattr(args, "keep", None) is not None
     ):
-        raise SystemExit("error: --ratio and --window apply to compressing methods; exact keeps every token")
+        raise SystemExit("error: --ratio, --window and --keep apply to compressing methods; exact keeps every token")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:

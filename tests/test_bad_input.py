@@ -67,7 +67,9 @@ def test_unknown_compressor_placement_and_ratio(tiny_models, tmp_path):
     with pytest.raises(ValueError, match="repair_tokens must be >= 0"):
         Engine(tiny_models["llama"], repair_tokens=-1, cache_dir=tmp_path)
     done = run_cli("ask", "--docs", "README.md", "--question", "q", "--ratio", "4")
-    assert done.returncode != 0 and "--ratio and --window apply to compressing methods" in done.stderr
+    assert done.returncode != 0 and "--ratio, --window and --keep apply to compressing methods" in done.stderr
+    done = run_cli("ask", "--docs", "README.md", "--question", "q", "--keep", "digits")
+    assert done.returncode != 0 and "--keep apply to compressing methods" in done.stderr
     with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
         Engine(tiny_models["llama"], cache_dir=tmp_path).generate("hi", max_new_tokens=0)
 

@@ -21,10 +21,11 @@ from beacon_rag.beacon import (
     compress_segment,
     slot_count,
 )
-from beacon_rag.beacon.compress import peak_positions
+from beacon_rag.beacon.compress import peak_positions, verbatim_mask
 from beacon_rag.beacon.reference import reference_compress
 from beacon_rag.compressors import Compressor, prefill_pre_rope
 from beacon_rag.compressors.beacon import UNTRAINED_ID, BeaconCompressor, untrained_plugin
+from beacon_rag.engine import Engine
 from beacon_rag.kv import CompressedKV, KVContext
 from beacon_rag.models import LoadedModel
 
@@ -426,3 +427,121 @@ def test_engine_with_beacon_compressor(tiny_models, tmp_path):
     prepared = engine.prepare(messages)
     raw = sum(u.raw_tokens for u in cold.segments)
     assert prepared.context.raw_tokens == raw and prepared.context.length < raw / 2
+
+
+# --------------------------------------------------------------------------- verbatim tokens (keep_raw)
+def test_verbatim_mask_flags_digits_and_where_numbers_end(tiny_models):
+    lm = tiny_models["llama"]
+    ids = lm.encode("The pass key is 32275. Room 12 opens at noon.")
+    tokens = lm.tokenizer.convert_ids_to_tokens(ids)
+    digits = verbatim_mask(lm, ids, "digits")
+    assert [t for t, flag in zip(tokens, digits) if flag] == [t for t in tokens if any(c.isdigit() for c in t)]
+    assert "".join(t for t, flag in zip(tokens, digits) if flag).replace("Ġ", "") == "3227512"
+    numbers = verbatim_mask(lm, ids, "numbers")
+    ends = [i for i, (d, n) in enumerate(zip(digits, numbers)) if n and not d]
+    assert len(ends) == 2 and all(digits[i - 1] and not digits[i] for i in ends)  # one after each number
+    with pytest.raises(ValueError, match="keep must be one of"):
+        verbatim_mask(lm, ids, "names")
+
+
+def _layer0_values(lm: LoadedModel, plugin: BeaconPlugin, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer-0 values of each raw token and of a beacon: functions of the token alone (no attention yet)."""
+    layer = lm.model.model.layers[0]
+    with torch.no_grad():
+        raw = layer.self_attn.v_proj(layer.input_layernorm(lm.model.model.embed_tokens(torch.tensor(ids))))
+        beacon = plugin.layers[0].projection("v")(layer.input_layernorm(plugin.beacon_embed.to(raw.dtype)))
+    heads = (lm.num_kv_heads, lm.head_dim)
+    return raw.view(len(ids), *heads).transpose(0, 1), beacon.view(1, *heads).transpose(0, 1)
+
+
+@pytest.mark.parametrize("sink,context_len", [(1, 0), (0, 5)])
+def test_keep_raw_keeps_the_flagged_tokens_in_sequence_order_among_the_beacons(tiny_models, sink, context_len):
+    lm = tiny_models["llama"]
+    plugin = perturbed_plugin(lm)
+    ids = random_ids(37, seed=11)
+    context = exact_context(lm, random_ids(context_len, seed=12))
+    flags = [False] * 37
+    for i in (0, 3, 4, 15, 16, 30, 36):  # the sink token, a run, both sides of a window edge, the last token
+        flags[i] = True
+    kv = compress_segment(lm, plugin, ids, context, window=16, ratio=4, sink=sink, keep_raw=flags)
+    sink_kept = sink if context_len == 0 else 0
+    verbatim = sum(flags[sink_kept:])
+    assert kv.slots == slot_count(37, 16, 4, sink, context_len, keep_raw=flags) == slot_count(37, 16, 4, sink, context_len) + verbatim
+    assert kv.info["verbatim"] == verbatim and kv.info["beacons"] == slot_count(37, 16, 4) and kv.info["sink"] == sink_kept
+    # Expected memory order, window by window: kept raw tokens and beacons as they sit in the sequence.
+    raw_values, beacon_value = _layer0_values(lm, plugin, ids)
+    expected = []
+    for start in range(0, 37, 16):
+        position = start
+        for is_beacon in beacon_layout(min(16, 37 - start), 4):
+            if is_beacon:
+                expected.append(beacon_value[:, 0])
+            else:
+                if flags[position] or position < sink_kept:
+                    expected.append(raw_values[:, position])
+                position += 1
+    torch.testing.assert_close(kv.values[0], torch.stack(expected, dim=1), atol=1e-5, rtol=1e-5)
+    # The kept slots extend what a plain model can read: the continuation still runs.
+    assert torch.isfinite(next_logits(lm, context, kv, random_ids(3, seed=13))).all()
+
+
+def test_keep_raw_without_flags_changes_nothing_and_checks_its_length(tiny_models):
+    lm = tiny_models["qwen2"]
+    plugin = perturbed_plugin(lm)
+    ids = random_ids(29, seed=14)
+    plain = compress_segment(lm, plugin, ids, KVContext(lm), window=8, ratio=4, sink=1)
+    unflagged = compress_segment(lm, plugin, ids, KVContext(lm), window=8, ratio=4, sink=1, keep_raw=[False] * 29)
+    assert torch.equal(plain.keys, unflagged.keys) and torch.equal(plain.values, unflagged.values)
+    raw = compress_segment(lm, plugin, ids, KVContext(lm), window=8, ratio=0, keep_raw=[True] * 29)
+    assert raw.slots == 29 and raw.info["verbatim"] == 0  # ratio 0 keeps every token anyway
+    with pytest.raises(ValueError, match="keep_raw has 3 flags for 29 tokens"):
+        compress_segment(lm, plugin, ids, KVContext(lm), window=8, ratio=4, keep_raw=[True] * 3)
+
+
+def test_later_windows_read_the_kept_tokens(tiny_models):
+    """A kept token is memory for the windows after it: their beacons change when it is kept."""
+    lm = tiny_models["mistral"]
+    plugin = perturbed_plugin(lm)
+    ids = random_ids(32, seed=15)
+    flags = [i == 5 for i in range(32)]
+    plain = compress_segment(lm, plugin, ids, KVContext(lm), window=16, ratio=4)
+    kept = compress_segment(lm, plugin, ids, KVContext(lm), window=16, ratio=4, keep_raw=flags)
+    first_window = [0, 2, 3, 4]  # slot 1 of `kept` is token 5, which follows the first beacon
+    torch.testing.assert_close(kept.keys[:, :, first_window], plain.keys[:, :, :4], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(kept.keys[:, :, 5:], plain.keys[:, :, 4:], atol=1e-4)
+
+
+def test_choose_ratio_counts_the_kept_tokens():
+    flags = [i % 2 == 0 for i in range(1000)]  # half the tokens kept: ratio 2's 500 slots become 1000
+    assert choose_ratio(1000, 0, 32, max_positions=600, reserve=100) == 2
+    assert choose_ratio(1000, 0, 32, max_positions=600, reserve=100, keep_raw=flags) == 32  # nothing fits
+    assert peak_positions(1000, 32, 2, keep_raw=flags) > peak_positions(1000, 32, 2)
+
+
+def test_compressor_keep_option(tiny_models, tmp_path):
+    lm = tiny_models["llama"]
+    ids = lm.encode("Codes: 4471 for the mill, 9032 for the quarry office, and 1185 for the kiln.")
+    plain = BeaconCompressor(ratio=4, window=8)
+    digits = BeaconCompressor(ratio=4, window=8, keep="digits")
+    assert "keep" not in plain.spec()  # keys of caches built before the option stay as they were
+    assert digits.spec() == {**plain.spec(), "keep": "digits"}
+    kv = digits.compress(lm, ids, KVContext(lm))
+    assert kv.slots == slot_count(len(ids), 8, 4, keep_raw=verbatim_mask(lm, ids, "digits"))
+    assert kv.slots > plain.compress(lm, ids, KVContext(lm)).slots
+    with pytest.raises(ValueError, match="keep must be one of digits, numbers"):
+        BeaconCompressor(ratio=4, window=8, keep="words")
+
+
+def test_a_plugin_trained_with_verbatim_tokens_keeps_them_unless_told_not_to(tiny_models, tmp_path):
+    lm = tiny_models["llama"]
+    plugin = BeaconPlugin.from_model(lm)
+    plugin.config.update(window=32, keep="numbers")
+    folder = plugin.save(tmp_path / "trained")
+    for given in (folder, str(folder), plugin):
+        engine = Engine(lm, compressor="beacon", compressor_options={"ratio": 4, "plugin": given}, persist=False)
+        assert engine.compressor.spec()["keep"] == "numbers"
+    off = Engine(lm, compressor="beacon", compressor_options={"ratio": 4, "plugin": folder, "keep": None}, persist=False)
+    assert "keep" not in off.compressor.spec()
+    other = Engine(lm, compressor="beacon", compressor_options={"ratio": 4, "plugin": folder, "keep": "digits"},
+                   persist=False)
+    assert other.compressor.spec()["keep"] == "digits"

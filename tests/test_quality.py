@@ -197,6 +197,21 @@ def test_build_compressor_refuses_options_that_do_not_apply():
     with pytest.raises(ValueError, match="unknown compressor"):
         quality.build_compressor("snapkv", 4)
     assert quality.parse_quality_ratio("2.5") == 2.5 and quality.parse_quality_ratio("adapt") == "adapt"
+    assert quality.build_compressor("beacon", 4, keep="digits").spec()["keep"] == "digits"
+    assert "keep" not in quality.build_compressor("beacon", 4, keep="none").spec()
+    with pytest.raises(ValueError, match="keep apply to the beacon compressor only"):
+        quality.build_compressor("knorm", 4, keep="digits")
+    with pytest.raises(ValueError, match="keep must be one of digits, numbers, none"):
+        quality.build_compressor("beacon", 4, keep="words")
+
+
+def test_methods_name_verbatim_tokens():
+    assert quality.parse_method("beacon:4") == ("beacon", 4, None, None)
+    assert quality.parse_method("beacon+digits:8:some/plugin") == ("beacon", 8, "some/plugin", "digits")
+    assert quality.parse_method("beacon+none:4:untrained") == ("beacon", 4, "untrained", "none")
+    for bad in ("knorm+digits:4", "beacon+words:4", "beacon+:4:x:y"):
+        with pytest.raises(ValueError, match="beacon"):
+            quality.parse_method(bad)
 
 
 # --------------------------------------------------------------------------- the bench end to end

@@ -327,8 +327,9 @@ def test_cli_arguments_build_the_config():
                      "--tasks", '{"passkey": 1}', "--distill-weight", "0.3", "--no-resume",
                      "--raw-loss-weight", "0.5", "--init-plugin", "some/plugin", "--batch-size", "4",
                      "--answer-weight", "1.5", "--anchor-weight", "0.01", "--anchor-plugin", "other",
-                     "--package-docs")
+                     "--package-docs", "--keep", "numbers")
     cfg = config_from_args(args)
+    assert cfg.keep == "numbers" and config_from_args(parse_cli(add_arguments)).keep is None
     assert (cfg.steps, cfg.ratios, cfg.low_rank, cfg.context_tokens) == (7, (2, 8), None, (64, 128))
     assert cfg.tasks == {"passkey": 1} and cfg.distill_weight == 0.3 and cfg.resume is False
     assert cfg.raw_loss_weight == 0.5 and cfg.init_plugin == "some/plugin" and cfg.batch_size == 4
@@ -343,6 +344,8 @@ def test_cli_arguments_build_the_config():
         TrainConfig(anchor_weight=-1.0).check()
     with pytest.raises(ValueError, match="anchor_plugin needs anchor_weight"):
         TrainConfig(anchor_plugin="other").check()
+    with pytest.raises(ValueError, match="keep must be one of"):
+        TrainConfig(keep="words").check()
 
 
 def test_raw_token_loss_with_ratio_zero_is_the_plain_models_loss(lm, examples):
@@ -728,3 +731,28 @@ def test_eval_only_prints_the_starting_plugins_eval_and_trains_nothing(tmp_path,
     assert f"trained at ratio {trained['eval_ratio']} has two evals of" in capsys.readouterr().err
     assert eval_table([str(tmp_path / "trained.json")]) == 1  # no LABEL=
     assert "usage:" in capsys.readouterr().err
+
+
+def test_verbatim_digits_in_training_batches_and_in_the_exported_plugin(tmp_path, lm, examples):
+    """``keep``: rows of a forward share kept positions, so a batch splits by them; the plug-in records it."""
+    from beacon_rag.beacon.compress import verbatim_mask
+    from beacon_rag.beacon.train import batch_losses, example_losses
+
+    plugin = _perturbed_plugin(lm, seed=2).requires_grad_(True)
+    batch = examples[:3]  # pass keys of one length, digits at different places
+    assert len({len(e.context_ids) for e in batch}) == 1
+    assert len({tuple(verbatim_mask(lm, e.context_ids, "digits")) for e in batch}) == 3
+    options = {"window": 16, "ratio": 4, "raw_weight": 1.0, "answer_weight": 0.5}
+    batched = batch_losses(lm, plugin, batch, keep="digits", **options)
+    singles = [example_losses(lm, plugin, e, keep="digits", **options) for e in batch]
+    assert batched["loss"].item() == pytest.approx(sum(s["loss"].item() for s in singles) / 3, rel=1e-5)
+    plain = batch_losses(lm, plugin, batch, **options)
+    assert plain["lm"].item() != pytest.approx(batched["lm"].item(), rel=1e-4)  # the kept digits are read
+
+    kept = trainer(config(tmp_path / "kept", steps=2, checkpoint_every=2, keep="digits"), lm, examples)
+    kept.run(progress=False)
+    folder = kept.checkpoints()[-1] / "plugin"
+    assert json.loads((folder / "beacon_config.json").read_text())["keep"] == "digits"
+    again = trainer(config(tmp_path / "plain", steps=2, checkpoint_every=2, init_plugin=str(folder)), lm, examples)
+    again.run(progress=False)
+    assert "keep" not in json.loads((again.checkpoints()[-1] / "plugin" / "beacon_config.json").read_text())

@@ -24,6 +24,10 @@ How a segment of ``n`` tokens is compressed after a context of ``L`` slots (wind
   window 0's sequence instead, which is the same thing whenever ``s <= r`` (every release uses
   ``s`` of 0 or 1).
 * ``r = 0`` keeps every window raw: the result equals an exact prefill.
+* Verbatim tokens (``keep_raw``, not in the paper): raw tokens flagged by the caller are kept as
+  well, in sequence order among the window's beacons, like extra sink slots. Why: trained beacons
+  keep a number's digits but not their order (a pass key 32275 comes back as 23572), and a digit is
+  exactly what a model cannot guess from the rest of the text. ``verbatim_mask`` flags them.
 
 Rather than patching the model's classes, the per-position choice of projection is made by forward
 hooks on each layer's ``q_proj``/``k_proj``/``v_proj``(/``o_proj``): the hook recomputes the beacon
@@ -37,7 +41,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Self
 
 import torch
@@ -91,33 +95,66 @@ def _windows(n: int, window: int) -> Iterable[tuple[int, int]]:
         yield start, min(start + window, n)
 
 
-def _kept_in_window(start: int, raw: int, ratio: int, sink: int, context_length: int) -> int:
+KEEP_KINDS = ("digits", "numbers")
+
+
+def verbatim_mask(lm: LoadedModel, token_ids: Sequence[int], kind: str) -> list[bool]:
+    """``keep_raw`` flags for one of ``KEEP_KINDS``.
+
+    ``digits``: every token whose text holds a digit. ``numbers``: those and the token right after
+    each run of them, which tells the model where the number ends (without it, a kept "7819"
+    followed by beacons is often read back as "78190"). Read from the tokenizer's own token
+    strings, so it holds for any vocabulary (SmolLM2 splits numbers into single digits, Llama-3
+    into groups of up to three).
+    """
+    if kind not in KEEP_KINDS:
+        raise ValueError(f"keep must be one of {', '.join(KEEP_KINDS)}, got {kind!r}")
+    digits = [any(ch.isdigit() for ch in token) for token in lm.tokenizer.convert_ids_to_tokens(list(token_ids))]
+    if kind == "digits":
+        return digits
+    return [flag or (i > 0 and digits[i - 1]) for i, flag in enumerate(digits)]
+
+
+def _sink_in_window(start: int, raw: int, sink: int, context_length: int) -> int:
+    return min(sink, raw) if (start == 0 and context_length == 0) else 0
+
+
+def _kept_in_window(start: int, raw: int, ratio: int, sink: int, context_length: int,
+                    keep_raw: Sequence[bool] | None = None) -> int:
     if ratio == 0:
         return raw
-    sink_kept = min(sink, raw) if (start == 0 and context_length == 0) else 0
-    return sink_kept + -(-raw // ratio)
+    sink_kept = _sink_in_window(start, raw, sink, context_length)
+    verbatim = sum(keep_raw[start + sink_kept : start + raw]) if keep_raw is not None else 0
+    return sink_kept + -(-raw // ratio) + verbatim
 
 
-def slot_count(n: int, window: int, ratio: int, sink: int = 0, context_length: int = 0) -> int:
+def _check_keep_raw(n: int, keep_raw: Sequence[bool] | None) -> None:
+    if keep_raw is not None and len(keep_raw) != n:
+        raise ValueError(f"keep_raw has {len(keep_raw)} flags for {n} tokens")
+
+
+def slot_count(n: int, window: int, ratio: int, sink: int = 0, context_length: int = 0,
+               keep_raw: Sequence[bool] | None = None) -> int:
     """Slots a segment of ``n`` tokens occupies once compressed.
 
     ``n`` for ``ratio == 0``; otherwise ``sink kept + (n // W) * (W // r) + ceil((n % W) / r)`` where
-    the sink is ``min(sink, n)`` after an empty context and 0 otherwise.
+    the sink is ``min(sink, n)`` after an empty context and 0 otherwise, plus the verbatim tokens
+    flagged in ``keep_raw`` outside the sink.
     """
-    if ratio == 0:
-        return n
-    sink_kept = min(sink, n) if context_length == 0 else 0
-    full, rest = divmod(n, window)
-    return sink_kept + full * (window // ratio) + -(-rest // ratio)
+    _check_keep_raw(n, keep_raw)
+    return sum(_kept_in_window(start, end - start, ratio, sink, context_length, keep_raw)
+               for start, end in _windows(n, window))
 
 
-def peak_positions(n: int, window: int, ratio: int, sink: int = 0, context_length: int = 0) -> int:
+def peak_positions(n: int, window: int, ratio: int, sink: int = 0, context_length: int = 0,
+                   keep_raw: Sequence[bool] | None = None) -> int:
     """The highest position count used while compressing (memory so far + the live window sequence)."""
+    _check_keep_raw(n, keep_raw)
     memory, peak = context_length, context_length
     for start, end in _windows(n, window):
         raw = end - start
         peak = max(peak, memory + len(beacon_layout(raw, ratio)))
-        memory += _kept_in_window(start, raw, ratio, sink, context_length)
+        memory += _kept_in_window(start, raw, ratio, sink, context_length, keep_raw)
     return peak
 
 
@@ -129,6 +166,7 @@ def choose_ratio(
     reserve: int,
     sink: int = 0,
     candidates: Iterable[int] = ALLOWED_RATIOS,
+    keep_raw: Sequence[bool] | None = None,
 ) -> int:
     """``adapt``: the smallest ratio whose compressed segment still fits the model's positions.
 
@@ -137,15 +175,15 @@ def choose_ratio(
     compressed segment and ``reserve`` positions for what follows (question, answer) fit:
     ``context_length + slot_count(n, r) + reserve <= max_positions``. This is the exact form of the
     official rule of thumb "a ratio r supports about (max_positions - W) * r + W tokens". Ratios
-    that do not divide the window are skipped. If none fits, the largest is used (as the official
+    that do not divide the window are skipped. Verbatim tokens (``keep_raw``) count as slots. If none fits, the largest is used (as the official
     code does) and a warning is logged: the engine's own position check then reports the overflow.
     """
     usable = sorted(r for r in candidates if r and window % r == 0)
     if not usable:
         raise ValueError(f"no ratio among {tuple(candidates)} divides the window {window}")
     for ratio in usable:
-        fits_while_compressing = peak_positions(n, window, ratio, sink, context_length) <= max_positions
-        final = context_length + slot_count(n, window, ratio, sink, context_length) + reserve
+        fits_while_compressing = peak_positions(n, window, ratio, sink, context_length, keep_raw) <= max_positions
+        final = context_length + slot_count(n, window, ratio, sink, context_length, keep_raw) + reserve
         if fits_while_compressing and final <= max_positions:
             return ratio
     logger.warning(
@@ -306,6 +344,7 @@ def compress_segment(
     grad: bool = False,
     on_window: WindowHook | None = None,
     checkpoint: bool = False,
+    keep_raw: Sequence[bool] | None = None,
 ) -> CompressedKV:
     """Compress ``token_ids`` placed after ``context`` (left unmodified) into sink + beacon slots.
 
@@ -323,23 +362,28 @@ def compress_segment(
     window's activations are dropped after its forward and recomputed during backward from the
     window's saved inputs (its embeddings and the memory before it), trading about one more
     forward for activation memory that no longer grows with the number of windows times layers.
+
+    ``keep_raw`` (one flag per token) also keeps the flagged raw tokens' slots (verbatim tokens, as
+    ``verbatim_mask`` gives): they sit in sequence order among the beacons.
     """
     validate(window, ratio, sink)
     n = len(token_ids)
+    _check_keep_raw(n, keep_raw)
     if n == 0:
         empty = torch.empty(lm.num_layers, lm.num_kv_heads, 0, lm.head_dim, dtype=lm.dtype)
-        return CompressedKV(empty, empty.clone(), raw_tokens=0, info=_info(window, ratio, 0, 0))
+        return CompressedKV(empty, empty.clone(), raw_tokens=0, info=_info(window, ratio, 0, 0, 0 if keep_raw is not None else None))
     ids = torch.tensor([token_ids], dtype=torch.long, device=lm.device)
     keys, values, sink_kept, beacons = compress_rows(
         lm, plugin, ids, context.layer_tensors(), context.length, window=window, ratio=ratio, sink=sink,
-        grad=grad, on_window=on_window, checkpoint=checkpoint,
+        grad=grad, on_window=on_window, checkpoint=checkpoint, keep_raw=keep_raw,
     )
     keys, values = keys[:, 0], values[:, 0]
     if not grad:
         keys, values = keys.cpu(), values.cpu()
     logger.debug("beacon-compressed %d tokens into %d slots (ratio %s, window %d, sink %d)",
                  n, keys.shape[2], ratio, window, sink_kept)
-    return CompressedKV(keys, values, raw_tokens=n, info=_info(window, ratio, sink_kept, beacons))
+    verbatim = (keys.shape[2] - sink_kept - beacons if ratio else 0) if keep_raw is not None else None
+    return CompressedKV(keys, values, raw_tokens=n, info=_info(window, ratio, sink_kept, beacons, verbatim))
 
 
 def compress_rows(
@@ -355,6 +399,7 @@ def compress_rows(
     grad: bool = False,
     on_window: WindowHook | None = None,
     checkpoint: bool = False,
+    keep_raw: Sequence[bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """The window loop over a batch: ``ids`` is ``[B, n]``, every row of the same length.
 
@@ -364,16 +409,18 @@ def compress_rows(
     are the per-layer rotated keys and values of what precedes (``[B, heads, slots, dim]``; empty
     lists for nothing) and ``context_length`` their slot count. Returns keys and values as
     ``[layers, B, kv_heads, slots, head_dim]`` (pre-RoPE, on the model's device), the sink slots
-    kept and the beacon count. ``compress_segment`` is the one-row case with its checks.
+    kept and the beacon count. ``compress_segment`` is the one-row case with its checks. ``keep_raw``
+    flags verbatim tokens, the same for every row (see the module's docstring).
     """
     validate(window, ratio, sink)
     rows, n = ids.shape
-    check_fit(lm, plugin, peak_positions(n, window, ratio, sink, context_length))
+    check_fit(lm, plugin, peak_positions(n, window, ratio, sink, context_length, keep_raw))
+    verbatim = None if keep_raw is None or not ratio else torch.tensor(list(keep_raw), dtype=torch.bool)
     device = lm.device
     embed_tokens = lm.model.model.embed_tokens
     kept_keys: list[list[torch.Tensor]] = [[] for _ in range(lm.num_layers)]
     kept_values: list[list[torch.Tensor]] = [[] for _ in range(lm.num_layers)]
-    sink_kept = 0
+    sink_kept = verbatim_kept = 0
     layers = lm.num_layers
     mode = torch.enable_grad() if grad else torch.inference_mode()
     with lm.lock, mode:
@@ -395,9 +442,14 @@ def compress_rows(
             if ratio == 0:
                 keep = torch.arange(len(layout), device=device)
             else:
-                window_sink = min(sink, raw) if (start == 0 and context_length == 0) else 0
+                window_sink = _sink_in_window(start, raw, sink, context_length)
                 sink_kept += window_sink
                 keep = torch.cat([raw_positions[:window_sink], beacon_positions])
+                if verbatim is not None:
+                    flagged = torch.nonzero(verbatim[start + window_sink : end]).flatten().to(device) + window_sink
+                    # Sorted: memory keeps sequence order, so a kept digit sits between its beacons.
+                    keep = torch.sort(torch.cat([keep, raw_positions[flagged]])).values
+                    verbatim_kept += int(flagged.numel())
             step = functools.partial(
                 _window_step, lm, plugin, is_beacon, raw_positions, keep, memory, ratio,
                 number + 1 < len(windows),  # the last window's memory is never attended to
@@ -418,10 +470,13 @@ def compress_rows(
             memory += int(keep.numel())
         keys = torch.stack([torch.cat(chunks, dim=2) for chunks in kept_keys])
         values = torch.stack([torch.cat(chunks, dim=2) for chunks in kept_values])
-    beacons = memory - context_length - sink_kept if ratio else 0
+    beacons = memory - context_length - sink_kept - verbatim_kept if ratio else 0
     return keys, values, sink_kept, beacons
 
 
-def _info(window: int, ratio: int, sink_kept: int, beacons: int) -> dict[str, Any]:
-    return {"compressor": "beacon", "window": window, "ratio": ratio, "sink": sink_kept, "beacons": beacons}
+def _info(window: int, ratio: int, sink_kept: int, beacons: int, verbatim: int | None) -> dict[str, Any]:
+    info = {"compressor": "beacon", "window": window, "ratio": ratio, "sink": sink_kept, "beacons": beacons}
+    if verbatim is not None:  # only with ``keep_raw``: plain compressions describe themselves as before
+        info["verbatim"] = verbatim
+    return info
 

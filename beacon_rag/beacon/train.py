@@ -50,7 +50,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from beacon_rag.beacon.compress import compress_rows, validate
+from beacon_rag.beacon.compress import KEEP_KINDS, compress_rows, validate, verbatim_mask
 from beacon_rag.beacon.data import BENCH_TASKS, TRAIN_TASKS, Example, Mixture, TrainingData, make_task_examples
 from beacon_rag.beacon.plugin import BeaconPlugin, BeaconWeightsError
 from beacon_rag.kv import cache_from_layers, rotary_tables, rotate
@@ -92,6 +92,9 @@ class TrainConfig:
     distill_temperature: float = 1.0
     raw_loss_weight: float = 0.0  # the paper's next-token loss on the context's raw tokens (0: off)
     answer_weight: float = 0.0  # extra weight on the answer's own tokens in QA targets (0: off)
+    # Verbatim tokens kept raw among the beacons (``KEEP_KINDS``; None: beacons only). A plug-in is
+    # trained with the memory layout it will be used with, and records it (``keep`` in its config).
+    keep: str | None = None
     init_plugin: str | None = None  # a saved plug-in to start from (warm start of a new run)
     anchor_weight: float = 0.0  # L2 pull towards the starting weights (0: off); see the module docstring
     anchor_plugin: str | None = None  # pull towards this saved plug-in instead of the starting weights
@@ -137,6 +140,8 @@ class TrainConfig:
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.anchor_weight < 0:
             raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
+        if self.keep is not None and self.keep not in KEEP_KINDS:
+            raise ValueError(f"keep must be one of {', '.join(KEEP_KINDS)} or None, got {self.keep!r}")
         if self.anchor_plugin and not self.anchor_weight:
             raise ValueError("anchor_plugin needs anchor_weight > 0: without a weight nothing pulls towards it")
         unknown = [task for task in self.eval_tasks if task not in BENCH_TASKS]
@@ -220,18 +225,18 @@ def _target_slice(example: Example) -> tuple[slice, torch.Tensor]:
 def example_losses(lm: LoadedModel, plugin: BeaconPlugin, example: Example, *, window: int, ratio: int,
                    sink: int = 0, distill_weight: float = 0.0, temperature: float = 1.0,
                    raw_weight: float = 0.0, answer_weight: float = 0.0, grad: bool = True,
-                   checkpoint: bool = False) -> dict[str, torch.Tensor]:
+                   checkpoint: bool = False, keep: str | None = None) -> dict[str, torch.Tensor]:
     """Loss terms of one example: ``lm`` (next-token NLL on the target), ``distill`` (KL), ``raw``,
     ``answer`` (NLL on the answer's tokens only, when it has an ``answer_span``), ``loss``."""
     return batch_losses(lm, plugin, [example], window=window, ratio=ratio, sink=sink,
                         distill_weight=distill_weight, temperature=temperature, raw_weight=raw_weight,
-                        answer_weight=answer_weight, grad=grad, checkpoint=checkpoint)
+                        answer_weight=answer_weight, grad=grad, checkpoint=checkpoint, keep=keep)
 
 
 def batch_losses(lm: LoadedModel, plugin: BeaconPlugin, examples: list[Example], *, window: int, ratio: int,
                  sink: int = 0, distill_weight: float = 0.0, temperature: float = 1.0,
                  raw_weight: float = 0.0, answer_weight: float = 0.0, grad: bool = True,
-                 checkpoint: bool = False) -> dict[str, torch.Tensor]:
+                 checkpoint: bool = False, keep: str | None = None) -> dict[str, torch.Tensor]:
     """Loss terms averaged over ``examples``, each example's own mean first (as gradient accumulation
     over them one by one would give): ``lm``, ``distill``, ``raw``, ``answer``, ``loss``.
 
@@ -251,18 +256,23 @@ def batch_losses(lm: LoadedModel, plugin: BeaconPlugin, examples: list[Example],
     key, not the sentence around them), averaged over the examples that have one; it is present
     only when some do. ``answer_weight > 0`` adds it to ``loss`` once more: the template around an
     answer is learnt within a few steps, after which it still makes up most of the target loss.
+
+    ``keep`` keeps verbatim tokens raw in the memory (``verbatim_mask``). Rows of one forward share
+    the kept positions, so examples are grouped by their flags as well as by length.
     """
     if not examples:
         raise ValueError("batch_losses needs at least one example")
-    groups: dict[int, list[Example]] = {}
+    groups: dict[tuple[int, tuple[bool, ...]], list[Example]] = {}
     for example in examples:
-        groups.setdefault(len(example.context_ids), []).append(example)
+        flags = tuple(verbatim_mask(lm, example.context_ids, keep)) if keep else ()
+        groups.setdefault((len(example.context_ids), flags), []).append(example)
     totals: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    for group in groups.values():
+    for (_, flags), group in groups.items():
         part = _group_losses(lm, plugin, group, window=window, ratio=ratio, sink=sink,
                              distill_weight=distill_weight, temperature=temperature, raw_weight=raw_weight,
-                             answer_weight=answer_weight, grad=grad, checkpoint=checkpoint)
+                             answer_weight=answer_weight, grad=grad, checkpoint=checkpoint,
+                             keep_raw=flags if keep else None)
         answered = sum(_answer_rows(e) is not None for e in group)
         for key, value in part.items():
             # The ``answer*`` terms are means over the examples that have one; every other term over all.
@@ -274,7 +284,8 @@ def batch_losses(lm: LoadedModel, plugin: BeaconPlugin, examples: list[Example],
 
 def _group_losses(lm: LoadedModel, plugin: BeaconPlugin, group: list[Example], *, window: int, ratio: int,
                   sink: int, distill_weight: float, temperature: float, raw_weight: float,
-                  answer_weight: float, grad: bool, checkpoint: bool) -> dict[str, torch.Tensor]:
+                  answer_weight: float, grad: bool, checkpoint: bool,
+                  keep_raw: tuple[bool, ...] | None) -> dict[str, torch.Tensor]:
     """``batch_losses`` for examples whose contexts have the same length (one batch)."""
     n = len(group[0].context_ids)
     ids = torch.tensor([e.context_ids for e in group], dtype=torch.long, device=lm.device)
@@ -290,7 +301,7 @@ def _group_losses(lm: LoadedModel, plugin: BeaconPlugin, group: list[Example], *
     with torch.set_grad_enabled(grad):
         keys, values, _, _ = compress_rows(lm, plugin, ids, ([], []), 0, window=window, ratio=ratio, sink=sink,
                                            grad=grad, on_window=score_window if raw_weight > 0 else None,
-                                           checkpoint=checkpoint)
+                                           checkpoint=checkpoint, keep_raw=keep_raw)
         continuations = [e.continuation_ids for e in group]
         out = lm.model(input_ids=_padded(continuations, lm.device), **lm.cache_kwargs(_memory_cache(lm, keys, values)),
                        use_cache=True)
@@ -536,6 +547,12 @@ class Trainer:
             "trained": self.step > 0, "window": self.config.window, "ratios": list(self.config.ratios),
             "sink": self.config.sink, "training_step": self.step,
         })
+        # Inference keeps the verbatim tokens the plug-in was trained to sit beside; a warm start
+        # from such a plug-in, trained without them, must not pass the setting on.
+        if self.config.keep:
+            self.plugin.config["keep"] = self.config.keep
+        else:
+            self.plugin.config.pop("keep", None)
         return self.plugin.save(folder)
 
     def export(self, folder: str | os.PathLike[str]) -> Path:
@@ -566,7 +583,8 @@ class Trainer:
             f"loss weight {c.raw_loss_weight}, answer-token weight {c.answer_weight}, anchor weight {c.anchor_weight}"
             f"{f' towards {c.anchor_plugin}' if c.anchor_plugin else ''}; "
             f"warm start: {c.init_plugin or 'none (untrained copy)'}\n"
-            f"- window {c.window}, ratios {list(c.ratios)} (one per step), sink {c.sink}\n"
+            f"- window {c.window}, ratios {list(c.ratios)} (one per step), sink {c.sink}, "
+            f"verbatim tokens kept raw: {c.keep or 'none'}\n"
             f"- data: offline mixture {c.tasks} from `split_sources('train')` (Python stdlib docs)"
             f"{packages}, contexts "
             f"{list(c.context_tokens)} tokens, targets up to {c.target_tokens} tokens; seed {c.seed}\n"
@@ -598,7 +616,7 @@ class Trainer:
             self._eval_refs = [reference_losses(self.lm, e) for e in examples]
         losses = [
             example_losses(self.lm, self.plugin, e, window=self.config.window, ratio=self.config.eval_ratio,
-                           sink=self.config.sink, grad=False)
+                           sink=self.config.sink, grad=False, keep=self.config.keep)
             for e in examples
         ]
         compressed = [loss["lm"].item() for loss in losses]
@@ -654,7 +672,7 @@ class Trainer:
             losses = batch_losses(self.lm, self.plugin, batch, window=c.window, ratio=ratio, sink=c.sink,
                                   distill_weight=c.distill_weight, temperature=c.distill_temperature,
                                   raw_weight=c.raw_loss_weight, answer_weight=c.answer_weight,
-                                  checkpoint=c.gradient_checkpointing)
+                                  checkpoint=c.gradient_checkpointing, keep=c.keep)
             (losses["loss"] / c.grad_accum).backward()
             for key in totals:
                 if key in losses:
@@ -780,6 +798,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weight of the paper's next-token loss on the context's raw tokens (0: off)")
     parser.add_argument("--answer-weight", type=float, default=d.answer_weight,
                         help="extra weight on the answer's own tokens (a pass key's digits) in QA targets (0: off)")
+    parser.add_argument("--keep", choices=KEEP_KINDS, default=d.keep,
+                        help="also keep these tokens raw among the beacons, in training and eval, and record "
+                        "it in the plug-in so inference does the same (digits: tokens holding a digit; "
+                        "numbers: those and the token that ends each number)")
     parser.add_argument("--init-plugin", default=None, help="start a new run from this saved plug-in folder")
     parser.add_argument("--anchor-plugin", default=d.anchor_plugin,
                         help="with --anchor-weight: pull towards this saved plug-in instead of the starting weights "
@@ -821,7 +843,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         ratios=tuple(args.ratios), sink=args.sink, low_rank=args.low_rank or None,
         context_tokens=tuple(args.context_tokens), target_tokens=args.target_tokens, tasks=tasks,
         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
-        raw_loss_weight=args.raw_loss_weight, answer_weight=args.answer_weight, init_plugin=args.init_plugin,
+        raw_loss_weight=args.raw_loss_weight, answer_weight=args.answer_weight, keep=args.keep,
+        init_plugin=args.init_plugin,
         anchor_weight=args.anchor_weight, anchor_plugin=args.anchor_plugin, package_docs=args.package_docs,
         gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, eval_every=args.eval_every, eval_examples=args.eval_examples,

@@ -63,7 +63,7 @@ from tqdm import tqdm
 from beacon_rag.bench.corpus import split_sources
 from beacon_rag.bench.report import markdown_table
 from beacon_rag.compressors.base import Compressor
-from beacon_rag.compressors.beacon import DEFAULT_WINDOW, BeaconCompressor
+from beacon_rag.compressors.beacon import DEFAULT_WINDOW, KEEP_CHOICES, BeaconCompressor
 from beacon_rag.compressors.beacon import default_options as default_beacon_options
 from beacon_rag.compressors.exact import ExactCompressor
 from beacon_rag.compressors.knorm import KnormCompressor
@@ -355,16 +355,23 @@ def build_compressor(
     plugin: str | None = None,
     sink: int | None = None,
     lm: LoadedModel | None = None,
+    keep: str | None = None,
 ) -> Compressor:
     """The compressor under test; options that do not apply to ``name`` are refused, not ignored.
+
+    ``keep`` (beacon only): ``None`` keeps what the plug-in was trained with, a kind of
+    ``KEEP_KINDS`` forces those verbatim tokens, ``"none"`` forces beacons only.
 
     Built here rather than through the registry so this bench does not depend on which
     methods ``beacon_rag.compressors`` has registered yet.
     """
     if name not in COMPRESSORS:
         raise ValueError(f"unknown compressor {name!r}; use one of {', '.join(COMPRESSORS)}")
-    if name != "beacon" and (window is not None or plugin is not None):
-        raise ValueError("--window and --plugin apply to the beacon compressor only")
+    if name != "beacon" and (window is not None or plugin is not None or keep is not None):
+        raise ValueError("--window, --plugin and --keep apply to the beacon compressor only")
+    if keep is not None and keep not in KEEP_CHOICES:
+        raise ValueError(f"keep must be one of {', '.join(KEEP_CHOICES)}, got {keep!r}")
+    forced_keep = {} if keep is None else {"keep": None if keep == "none" else keep}
     if name != "streaming" and sink is not None:
         raise ValueError("--sink applies to the streaming compressor only")
     if name == "exact":
@@ -380,8 +387,9 @@ def build_compressor(
         if plugin == "untrained":  # the baseline every trained plug-in must beat
             # Same window as the shipped plug-in it is compared with: only the weights differ.
             shipped = default_beacon_options(lm, {"ratio": ratio}) if lm is not None else {}
-            return BeaconCompressor(ratio=ratio, window=window or shipped.get("window", DEFAULT_WINDOW))
-        options: dict[str, object] = {"ratio": ratio}
+            return BeaconCompressor(ratio=ratio, window=window or shipped.get("window", DEFAULT_WINDOW),
+                                    keep=forced_keep.get("keep"))
+        options: dict[str, object] = {"ratio": ratio, **forced_keep}
         if window is not None:
             options["window"] = window
         if plugin is not None:
@@ -493,14 +501,22 @@ def _per_example(task: str, examples: Sequence[QAExample | LMExample], methods: 
     return rows
 
 
-def parse_method(spec: str) -> tuple[str, float | str, str | None]:
-    """``NAME:RATIO[:PLUGIN]`` as given to ``--methods``, e.g. ``beacon:4``, ``beacon:4:untrained``, ``knorm:8``."""
+def parse_method(spec: str) -> tuple[str, float | str, str | None, str | None]:
+    """``NAME[+KEEP]:RATIO[:PLUGIN]`` as given to ``--methods`` -> (name, ratio, plug-in, keep).
+
+    E.g. ``beacon:4``, ``beacon:4:untrained``, ``knorm:8``; ``beacon+digits:4`` forces verbatim
+    digits and ``beacon+none:4`` forces beacons only (see ``build_compressor``).
+    """
     parts = spec.split(":")
-    if len(parts) not in (2, 3) or parts[0] not in COMPRESSORS or parts[0] == "exact":
-        raise ValueError(f"--methods entries look like beacon:4, beacon:4:untrained, streaming:8 or knorm:8; got {spec!r}")
-    if len(parts) == 3 and parts[0] != "beacon":
+    name, _, keep = parts[0].partition("+")
+    if len(parts) not in (2, 3) or name not in COMPRESSORS or name == "exact":
+        raise ValueError(f"--methods entries look like beacon:4, beacon:4:untrained, beacon+digits:4, streaming:8 "
+                         f"or knorm:8; got {spec!r}")
+    if len(parts) == 3 and name != "beacon":
         raise ValueError(f"only beacon takes a plug-in (third field), got {spec!r}")
-    return parts[0], parse_quality_ratio(parts[1]), parts[2] if len(parts) == 3 else None
+    if keep and (name != "beacon" or keep not in KEEP_CHOICES):
+        raise ValueError(f"only beacon takes +KEEP, one of {', '.join(KEEP_CHOICES)}; got {spec!r}")
+    return name, parse_quality_ratio(parts[1]), parts[2] if len(parts) == 3 else None, keep or None
 
 
 def check_task_options(args: argparse.Namespace) -> None:
@@ -530,11 +546,11 @@ def run_matrix(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[
     started = time.perf_counter()
     check_task_options(args)
     specs = [parse_method(m) for m in args.methods.split(",") if m.strip()]
-    for name, ratio, plugin in specs:  # bad options fail before the model loads
-        build_compressor(name, ratio, args.window if name == "beacon" else None, plugin)
+    for name, ratio, plugin, keep in specs:  # bad options fail before the model loads
+        build_compressor(name, ratio, args.window if name == "beacon" else None, plugin, keep=keep)
     lm = lm if lm is not None else load_model(args.model)
-    compressors = [build_compressor(name, ratio, args.window if name == "beacon" else None, plugin, lm=lm)
-                   for name, ratio, plugin in specs]
+    compressors = [build_compressor(name, ratio, args.window if name == "beacon" else None, plugin, lm=lm, keep=keep)
+                   for name, ratio, plugin, keep in specs]
     context_tokens = args.context_tokens or DEFAULT_CONTEXT_TOKENS[args.task]
     examples = make_examples(args.task, lm, args.examples, context_tokens, args.seed, args.docs,
                              args.continuation_tokens)
@@ -604,9 +620,10 @@ def run(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[str, An
         return run_matrix(args, lm)
     started = time.perf_counter()
     check_task_options(args)
-    build_compressor(args.compressor, args.ratio, args.window, args.plugin, args.sink)  # bad options fail fast
+    keep = getattr(args, "keep", None)
+    build_compressor(args.compressor, args.ratio, args.window, args.plugin, args.sink, keep=keep)  # bad options fail fast
     lm = lm if lm is not None else load_model(args.model)
-    compressor = build_compressor(args.compressor, args.ratio, args.window, args.plugin, args.sink, lm=lm)
+    compressor = build_compressor(args.compressor, args.ratio, args.window, args.plugin, args.sink, lm=lm, keep=keep)
     context_tokens = args.context_tokens or DEFAULT_CONTEXT_TOKENS[args.task]
     examples = make_examples(args.task, lm, args.examples, context_tokens, args.seed, args.docs,
                              args.continuation_tokens)
@@ -678,9 +695,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plugin", default=None, help="beacon plug-in folder; default: the plug-in shipped for the model if any; "
                         "'untrained' forces the untrained copy (the baseline)")
     parser.add_argument("--sink", type=int, default=None, help=f"streaming sink tokens (default {DEFAULT_SINK})")
+    parser.add_argument("--keep", choices=KEEP_CHOICES, default=None,
+                        help="beacon: also keep these tokens raw (digits, numbers), or none; default: what the "
+                        "plug-in was trained with")
     parser.add_argument("--methods", default=None,
                         help="compare several methods on the same examples, e.g. "
-                        "beacon:4,beacon:4:untrained,streaming:4,knorm:4 (replaces --compressor/--ratio)")
+                        "beacon:4,beacon:4:untrained,beacon+digits:4,streaming:4,knorm:4 (replaces "
+                        "--compressor/--ratio)")
     parser.add_argument("--examples", type=int, default=8)
     parser.add_argument("--context-tokens", type=int, default=None,
                         help="context length in tokens (default: " +

@@ -38,13 +38,19 @@ def parse_ratio(text: str) -> int | str:
         raise ValueError(f"ratio must be an integer or 'adapt', got {text!r}") from None
 
 
-def compressor_options(ratio: int | str | None, window: int | None) -> dict[str, Any]:
-    """Keyword options for ``get_compressor`` from optional command-line values."""
+def compressor_options(ratio: int | str | None, window: int | None, keep: str | None = None) -> dict[str, Any]:
+    """Keyword options for ``get_compressor`` from optional command-line values.
+
+    ``keep`` as spelled on a command line: a kind of verbatim tokens, or ``"none"`` (beacons only,
+    whatever the plug-in was trained with); absent, the plug-in's own setting applies.
+    """
     options: dict[str, Any] = {}
     if ratio is not None:
         options["ratio"] = ratio
     if window is not None:
         options["window"] = window
+    if keep is not None:
+        options["keep"] = None if keep == "none" else keep
     return options
 
 

@@ -17,7 +17,14 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from beacon_rag.beacon.compress import ALLOWED_RATIOS, choose_ratio, compress_segment, validate
+from beacon_rag.beacon.compress import (
+    ALLOWED_RATIOS,
+    KEEP_KINDS,
+    choose_ratio,
+    compress_segment,
+    validate,
+    verbatim_mask,
+)
 from beacon_rag.beacon.plugin import BeaconPlugin
 from beacon_rag.kv import CompressedKV, KVContext
 from beacon_rag.models import LoadedModel
@@ -27,6 +34,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_WINDOW = 1024  # the Llama-3 release's window; Qwen-2 and Mistral used 2048
 DEFAULT_RESERVE = 512  # positions left free by ratio="adapt" for the question and the answer
 UNTRAINED_ID = "untrained-v1"  # bump if the untrained initialisation ever changes
+# Spellings of ``keep`` on command lines: a kind, or "none" to override what a plug-in records.
+KEEP_CHOICES = (*KEEP_KINDS, "none")
 
 # Untrained plug-ins, one per loaded model: building one copies every q/k/v projection, which
 # should happen once per model, not once per compressor instance or per request.
@@ -63,40 +72,51 @@ def _recorded_window(config: dict[str, Any]) -> int | None:
     return window if isinstance(window, int) and not isinstance(window, bool) else None
 
 
+def _recorded_keep(config: dict[str, Any]) -> str | None:
+    keep = config.get("keep")
+    return keep if keep in KEEP_KINDS else None
+
+
+def _plugin_config(plugin: BeaconPlugin | str | os.PathLike[str]) -> dict[str, Any]:
+    if isinstance(plugin, BeaconPlugin):
+        return plugin.config
+    try:
+        config = json.loads((Path(plugin) / "beacon_config.json").read_text())
+    except (OSError, ValueError):
+        return {}  # loading the plug-in later reports what is wrong with it
+    return config if isinstance(config, dict) else {}
+
+
 def trained_window(plugin: BeaconPlugin | str | os.PathLike[str]) -> int | None:
     """The window a plug-in was trained with (``window`` in its config), if it records one.
 
     Beacons trained to summarise windows of W tokens are out of distribution in windows of
     another size, so a plug-in given without a window must run with its own.
     """
-    if isinstance(plugin, BeaconPlugin):
-        return _recorded_window(plugin.config)
-    try:
-        config = json.loads((Path(plugin) / "beacon_config.json").read_text())
-    except (OSError, ValueError):
-        return None  # loading the plug-in later reports what is wrong with it
-    return _recorded_window(config) if isinstance(config, dict) else None
+    return _recorded_window(_plugin_config(plugin))
 
 
 def default_options(lm: LoadedModel, options: dict[str, Any]) -> dict[str, Any]:
-    """Fill in the shipped plug-in (and the window and ratio it was trained with) unless given.
+    """Fill in the shipped plug-in (and the window and verbatim tokens it was trained with) unless given.
 
     This is what makes ``--compressor beacon`` on the embedded model use trained weights. A
-    plug-in given without a window gets the window it was trained with, like the shipped one.
+    plug-in given without a window or ``keep`` gets those it was trained with, like the shipped
+    one: beacons trained beside raw digits expect them there. ``keep=None`` given explicitly
+    turns verbatim tokens off.
     """
     if "plugin" in options:
-        if "window" in options or options["plugin"] is None:
+        if options["plugin"] is None:
             return options
-        window = trained_window(options["plugin"])
+        config = _plugin_config(options["plugin"])
     else:
         found = shipped_plugin(lm)
         if found is None:
             return options
-        folder, config = found  # its config is already read: no second read through trained_window
+        folder, config = found  # its config is already read: no second read
         logger.info("using the shipped beacon plug-in %s for %s", folder.name, lm.name)
-        window = None if "window" in options else _recorded_window(config)
         options = {"plugin": folder, **options}
-    return options if window is None else {**options, "window": window}
+    trained = {"window": _recorded_window(config), "keep": _recorded_keep(config)}
+    return {**{key: value for key, value in trained.items() if value is not None and key not in options}, **options}
 
 
 def untrained_plugin(lm: LoadedModel) -> BeaconPlugin:
@@ -118,6 +138,8 @@ class BeaconCompressor:
 
     ``plugin`` is ``None`` (untrained plug-in), a ``BeaconPlugin``, or a path to a saved plug-in
     (loaded lazily, on first ``compress`` or ``spec``, and checked against the model then).
+    ``keep`` (one of ``KEEP_KINDS``) also keeps those tokens raw among the beacons: exact numbers
+    for a few more slots (see ``beacon_rag.beacon.compress``).
     """
 
     name = "beacon"
@@ -129,7 +151,10 @@ class BeaconCompressor:
         sink: int = 0,
         plugin: BeaconPlugin | str | os.PathLike[str] | None = None,
         reserve: int = DEFAULT_RESERVE,
+        keep: str | None = None,
     ) -> None:
+        if keep is not None and keep not in KEEP_KINDS:
+            raise ValueError(f"keep must be one of {', '.join(KEEP_KINDS)} or None, got {keep!r}")
         if isinstance(ratio, str):
             if ratio != "adapt":
                 raise ValueError(
@@ -143,7 +168,7 @@ class BeaconCompressor:
             validate(window, ratio, sink)
         if reserve < 0:
             raise ValueError(f"reserve must be non-negative, got {reserve}")
-        self.ratio, self.window, self.sink, self.reserve = ratio, window, sink, reserve
+        self.ratio, self.window, self.sink, self.reserve, self.keep = ratio, window, sink, reserve, keep
         self._plugin: BeaconPlugin | None = plugin if isinstance(plugin, BeaconPlugin) else None
         self._plugin_path = None if plugin is None or isinstance(plugin, BeaconPlugin) else os.fspath(plugin)
         self._lock = threading.Lock()
@@ -203,13 +228,17 @@ class BeaconCompressor:
                 spec["untrained"] = True
         if self.ratio == "adapt":
             spec["reserve"] = self.reserve
+        if self.keep:  # absent when off, so keys of caches built before the option stay valid
+            spec["keep"] = self.keep
         return spec
 
-    def resolve_ratio(self, lm: LoadedModel, n: int, context_length: int) -> int:
+    def resolve_ratio(self, lm: LoadedModel, n: int, context_length: int,
+                      keep_raw: list[bool] | None = None) -> int:
         """The ratio for one segment: fixed, or chosen by ``adapt`` from the position budget."""
         if self.ratio != "adapt":
             return int(self.ratio)
-        return choose_ratio(n, context_length, self.window, lm.max_positions, self.reserve, self.sink)
+        return choose_ratio(n, context_length, self.window, lm.max_positions, self.reserve, self.sink,
+                            keep_raw=keep_raw)
 
     def _warn_if_untrained_ratio(self, plugin: BeaconPlugin, ratio: int) -> None:
         """Say once per ratio when the plug-in was never trained at it.
@@ -229,8 +258,10 @@ class BeaconCompressor:
 
     def compress(self, lm: LoadedModel, token_ids: list[int], context: KVContext) -> CompressedKV:
         plugin = self.plugin_for(lm)
-        ratio = self.resolve_ratio(lm, len(token_ids), context.length)
+        keep_raw = verbatim_mask(lm, token_ids, self.keep) if self.keep else None
+        ratio = self.resolve_ratio(lm, len(token_ids), context.length, keep_raw)
         self._warn_if_untrained_ratio(plugin, ratio)
         return compress_segment(
-            lm, plugin, list(token_ids), context, window=self.window, ratio=ratio, sink=self.sink
+            lm, plugin, list(token_ids), context, window=self.window, ratio=ratio, sink=self.sink,
+            keep_raw=keep_raw,
         )
