@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from beacon_rag.bench.report import _pyplot, _save_figure
 
@@ -104,6 +105,14 @@ def plot(log: str | Path, out: str | Path) -> Path:
     return _save_figure(plt, fig, Path(out))
 
 
+def _token_axis(ax: Any) -> None:
+    """Training tokens in thousands: full counts (350000, 400000) ran into each other on the axis."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _position: f"{value / 1000:g}K"))
+    ax.set_xlabel("training tokens")
+
+
 def compare(logs: list[str | Path], out: str | Path, tasks: tuple[str, ...] | None = None) -> Path:
     """One panel per task: the held-out share of the gap recovered vs training tokens, one line per run.
 
@@ -130,7 +139,8 @@ def compare(logs: list[str | Path], out: str | Path, tasks: tuple[str, ...] | No
         # Untrained starts lie far below zero (-4 for LM); clipping keeps the differences between
         # trained runs, which are what a sweep is about, readable.
         ax.set_ylim(bottom=max(ax.get_ylim()[0], -1.0))
-        ax.set(title=f"{task}: share of the no-context -> full gap recovered", xlabel="training tokens")
+        ax.set(title=f"{task}: share of the no-context -> full gap recovered")
+        _token_axis(ax)
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _save_figure(plt, fig, Path(out))
@@ -150,7 +160,8 @@ def _compare_training(runs: list[tuple[str, dict[int, dict]]], out: str | Path, 
         for name, series in smoothed:
             if label in series:
                 ax.plot(*series[label], label=name)
-        ax.set(title=f"{label} loss, {SMOOTHING_STEPS}-step moving average", xlabel="training tokens", ylabel="loss")
+        ax.set(title=f"{label} loss, {SMOOTHING_STEPS}-step moving average", ylabel="loss")
+        _token_axis(ax)
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _save_figure(plt, fig, Path(out))
