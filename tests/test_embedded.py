@@ -95,7 +95,8 @@ def test_shared_model_instance(embedded):
     assert load_model() is embedded
 
 
-@pytest.mark.parametrize("compressor", [[], ["--compressor", "beacon", "--ratio", "8", "--window", "64"]],
+# Beacons only (--keep none): the shipped plug-in otherwise also keeps the documents' numbers raw.
+@pytest.mark.parametrize("compressor", [[], ["--compressor", "beacon", "--ratio", "8", "--window", "64", "--keep", "none"]],
                          ids=["exact", "beacon"])
 def test_bench_ttft_reports_every_field(tmp_path, compressor):
     done = subprocess.run(
@@ -130,3 +131,18 @@ def test_shipped_plugin_beats_its_untrained_copy_on_held_out_text(embedded):
     assert report["full"] < report["none"]
     assert shipped["gap_recovered"] > 0.1, report
     assert untrained["gap_recovered"] < 0 and shipped["score"] < untrained["score"] - 1.0, report
+
+
+def test_shipped_plugin_reads_back_pass_keys_through_its_kept_numbers(embedded):
+    """The shipped plug-in was trained with numbers kept raw among its beacons (``keep`` in its
+    config), and the engine keeps them by default. With them, ratio-4 pass keys come back exactly;
+    with beacons alone the same plug-in gets the digits but not their order. A shipped config that
+    lost ``keep``, or a kept token placed out of order, would fail here."""
+    args = parse_cli(quality.add_arguments, "--task", "passkey", "--methods", "beacon:4,beacon+none:4",
+                     "--examples", "2", "--context-tokens", "768")
+    report = quality.run(args, lm=embedded)
+    kept, beacons_only = report["methods"]
+    assert kept["compressor_spec"]["keep"] == "numbers" and "keep" not in beacons_only["compressor_spec"]
+    assert kept["score"] == 1.0, report
+    assert beacons_only["score"] < 1.0, report
+    assert beacons_only["kept_slots_per_token"] < kept["kept_slots_per_token"] < 0.5, report

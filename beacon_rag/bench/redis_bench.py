@@ -141,7 +141,7 @@ class LocalRedisServer:
 # ------------------------------------------------------------------------------ the benchmark
 def _engine(lm: LoadedModel, args: argparse.Namespace, cache_dir: str | None, *, redis_url: str,
             namespace: str, memory_bytes: int = 0) -> Engine:
-    options = compressor_options(args.ratio, args.window)
+    options = compressor_options(args.ratio, args.window, args.keep)
     return Engine(lm, compressor=args.compressor, compressor_options=options, placement=args.placement,
                   cache_dir=cache_dir, persist=cache_dir is not None, memory_bytes=memory_bytes,
                   redis_url=redis_url, redis_namespace=namespace)
@@ -215,6 +215,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "compressor": args.compressor,
         "ratio": args.ratio,
         "window": args.window,
+        "keep": args.keep,
         "placement": args.placement,
         "documents": args.docs,
         "context_tokens": context_tokens,

@@ -23,6 +23,7 @@ import torch
 
 from beacon_rag.bench.corpus import make_documents
 from beacon_rag.compressors import compressor_options, parse_ratio
+from beacon_rag.compressors.beacon import KEEP_CHOICES
 from beacon_rag.engine import Engine, rag_messages
 from beacon_rag.generation import now
 from beacon_rag.models import LoadedModel, load_model
@@ -45,7 +46,7 @@ def plain_prefill_s(lm: LoadedModel, ids: list[int]) -> float:
 
 
 def _engine(lm: LoadedModel, args: argparse.Namespace, cache_dir: str, memory_bytes: int | None = None) -> Engine:
-    options = compressor_options(args.ratio, args.window)
+    options = compressor_options(args.ratio, args.window, args.keep)
     kwargs: dict[str, Any] = {}
     if memory_bytes is not None:
         kwargs["memory_bytes"] = memory_bytes
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "compressor": args.compressor,
         "ratio": args.ratio,
         "window": args.window,
+        "keep": args.keep,
         "placement": args.placement,
         "context_tokens": context_tokens,
         "documents": args.docs,
@@ -123,6 +125,8 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
         out += ["--ratio", str(args.ratio)]
     if args.window is not None:
         out += ["--window", str(args.window)]
+    if args.keep is not None:  # the fresh process must build the same cache keys
+        out += ["--keep", args.keep]
     if args.model:
         out += ["--model", args.model]
     return out
@@ -153,6 +157,8 @@ def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ratio", type=parse_ratio, default=None,
                         help="compression ratio (beacon): 2, 4, 8, 16, 32, 0 (raw) or adapt")
     parser.add_argument("--window", type=int, default=None, help="beacon window in raw tokens")
+    parser.add_argument("--keep", choices=KEEP_CHOICES, default=None,
+                        help="beacon: verbatim tokens kept raw (digits, numbers, none); default: the plug-in's")
     parser.add_argument("--placement", default="chained", choices=["chained", "independent"])
     parser.add_argument("--model", default=None, help="model folder or .gguf (default: embedded SmolLM2)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per figure (best is reported)")
