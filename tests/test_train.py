@@ -7,6 +7,7 @@ test_beacon.py, so the file stays well under a minute on a busy 2-core machine.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -733,7 +734,7 @@ def test_eval_only_prints_the_starting_plugins_eval_and_trains_nothing(tmp_path,
     assert "usage:" in capsys.readouterr().err
 
 
-def test_verbatim_digits_in_training_batches_and_in_the_exported_plugin(tmp_path, lm, examples):
+def test_verbatim_digits_in_training_batches_and_in_the_exported_plugin(tmp_path, lm, examples, caplog):
     """``keep``: rows of a forward share kept positions, so a batch splits by them; the plug-in records it."""
     from beacon_rag.beacon.compress import verbatim_mask
     from beacon_rag.beacon.train import batch_losses, example_losses
@@ -753,6 +754,8 @@ def test_verbatim_digits_in_training_batches_and_in_the_exported_plugin(tmp_path
     kept.run(progress=False)
     folder = kept.checkpoints()[-1] / "plugin"
     assert json.loads((folder / "beacon_config.json").read_text())["keep"] == "digits"
-    again = trainer(config(tmp_path / "plain", steps=2, checkpoint_every=2, init_plugin=str(folder)), lm, examples)
+    with caplog.at_level(logging.WARNING, logger="beacon_rag.beacon.train"):
+        again = trainer(config(tmp_path / "plain", steps=2, checkpoint_every=2, init_plugin=str(folder)), lm, examples)
+    assert "was trained with keep=digits; this run uses keep=None" in caplog.text
     again.run(progress=False)
     assert "keep" not in json.loads((again.checkpoints()[-1] / "plugin" / "beacon_config.json").read_text())

@@ -286,7 +286,7 @@ def _group_losses(lm: LoadedModel, plugin: BeaconPlugin, group: list[Example], *
                   sink: int, distill_weight: float, temperature: float, raw_weight: float,
                   answer_weight: float, grad: bool, checkpoint: bool,
                   keep_raw: tuple[bool, ...] | None) -> dict[str, torch.Tensor]:
-    """``batch_losses`` for examples whose contexts have the same length (one batch)."""
+    """``batch_losses`` for examples whose contexts have the same length and kept positions (one batch)."""
     n = len(group[0].context_ids)
     ids = torch.tensor([e.context_ids for e in group], dtype=torch.long, device=lm.device)
     labels = torch.tensor([e.context_ids + e.continuation_ids[:1] for e in group], dtype=torch.long,
@@ -500,6 +500,11 @@ class Trainer:
                 ) from None
             logger.info("widened %s from low rank %s to %s", folder, loaded.low_rank, target.low_rank or "full")
         logger.info("%s plug-in %s (its training step %s)", role, folder, loaded.config.get("training_step"))
+        if role == "init" and loaded.config.get("keep") != self.config.keep:
+            # Not an error (changing the memory layout is a legitimate experiment), but easy to do
+            # by forgetting --keep when continuing a plug-in that inference runs with kept tokens.
+            logger.warning("%s plug-in %s was trained with keep=%s; this run uses keep=%s", role, folder,
+                           loaded.config.get("keep"), self.config.keep)
 
     def _anchor(self) -> list[torch.Tensor]:
         """The weights the anchor term pulls towards, one detached tensor per trained parameter."""

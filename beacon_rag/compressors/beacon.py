@@ -138,8 +138,8 @@ class BeaconCompressor:
 
     ``plugin`` is ``None`` (untrained plug-in), a ``BeaconPlugin``, or a path to a saved plug-in
     (loaded lazily, on first ``compress`` or ``spec``, and checked against the model then).
-    ``keep`` (one of ``KEEP_KINDS``) also keeps those tokens raw among the beacons: exact numbers
-    for a few more slots (see ``beacon_rag.beacon.compress``).
+    ``keep`` (one of ``KEEP_KINDS``) also keeps those tokens raw among the beacons: exact numbers,
+    at one slot per kept token (see ``beacon_rag.beacon.compress``).
     """
 
     name = "beacon"
