@@ -175,8 +175,9 @@ def choose_ratio(
     compressed segment and ``reserve`` positions for what follows (question, answer) fit:
     ``context_length + slot_count(n, r) + reserve <= max_positions``. This is the exact form of the
     official rule of thumb "a ratio r supports about (max_positions - W) * r + W tokens". Ratios
-    that do not divide the window are skipped. Verbatim tokens (``keep_raw``) count as slots. If none fits, the largest is used (as the official
-    code does) and a warning is logged: the engine's own position check then reports the overflow.
+    that do not divide the window are skipped, and verbatim tokens (``keep_raw``) count as slots. If
+    none fits, the largest is used (as the official code does) and a warning is logged: the engine's
+    own position check then reports the overflow.
     """
     usable = sorted(r for r in candidates if r and window % r == 0)
     if not usable:
@@ -371,7 +372,8 @@ def compress_segment(
     _check_keep_raw(n, keep_raw)
     if n == 0:
         empty = torch.empty(lm.num_layers, lm.num_kv_heads, 0, lm.head_dim, dtype=lm.dtype)
-        return CompressedKV(empty, empty.clone(), raw_tokens=0, info=_info(window, ratio, 0, 0, 0 if keep_raw is not None else None))
+        verbatim = 0 if keep_raw is not None else None
+        return CompressedKV(empty, empty.clone(), raw_tokens=0, info=_info(window, ratio, 0, 0, verbatim))
     ids = torch.tensor([token_ids], dtype=torch.long, device=lm.device)
     keys, values, sink_kept, beacons = compress_rows(
         lm, plugin, ids, context.layer_tensors(), context.length, window=window, ratio=ratio, sink=sink,
