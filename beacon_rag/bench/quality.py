@@ -62,6 +62,7 @@ from tqdm import tqdm
 
 from beacon_rag.bench.corpus import split_sources
 from beacon_rag.bench.report import markdown_table
+from beacon_rag.compressors import compressor_options
 from beacon_rag.compressors.base import Compressor
 from beacon_rag.compressors.beacon import DEFAULT_WINDOW, KEEP_CHOICES, BeaconCompressor
 from beacon_rag.compressors.beacon import default_options as default_beacon_options
@@ -371,7 +372,7 @@ def build_compressor(
         raise ValueError("--window, --plugin and --keep apply to the beacon compressor only")
     if keep is not None and keep not in KEEP_CHOICES:
         raise ValueError(f"keep must be one of {', '.join(KEEP_CHOICES)}, got {keep!r}")
-    forced_keep = {} if keep is None else {"keep": None if keep == "none" else keep}
+    forced_keep = compressor_options(None, None, keep)  # {} or {"keep": kind}, "none" read as None
     if name != "streaming" and sink is not None:
         raise ValueError("--sink applies to the streaming compressor only")
     if name == "exact":

@@ -68,6 +68,11 @@ def shipped_plugin(lm: LoadedModel) -> tuple[Path, dict[str, Any]] | None:
 
 
 def _recorded_window(config: dict[str, Any]) -> int | None:
+    """The window a plug-in was trained with, if its config records one.
+
+    Beacons trained to summarise windows of W tokens are out of distribution in windows of
+    another size, so a plug-in given without a window must run with its own.
+    """
     window = config.get("window")
     return window if isinstance(window, int) and not isinstance(window, bool) else None
 
@@ -85,15 +90,6 @@ def _plugin_config(plugin: BeaconPlugin | str | os.PathLike[str]) -> dict[str, A
     except (OSError, ValueError):
         return {}  # loading the plug-in later reports what is wrong with it
     return config if isinstance(config, dict) else {}
-
-
-def trained_window(plugin: BeaconPlugin | str | os.PathLike[str]) -> int | None:
-    """The window a plug-in was trained with (``window`` in its config), if it records one.
-
-    Beacons trained to summarise windows of W tokens are out of distribution in windows of
-    another size, so a plug-in given without a window must run with its own.
-    """
-    return _recorded_window(_plugin_config(plugin))
 
 
 def default_options(lm: LoadedModel, options: dict[str, Any]) -> dict[str, Any]:
