@@ -21,7 +21,7 @@ from beacon_rag.beacon import (
     compress_segment,
     slot_count,
 )
-from beacon_rag.beacon.compress import peak_positions, verbatim_mask
+from beacon_rag.beacon.compress import compress_rows, peak_positions, verbatim_mask
 from beacon_rag.beacon.reference import reference_compress
 from beacon_rag.compressors import Compressor, prefill_pre_rope
 from beacon_rag.compressors.beacon import UNTRAINED_ID, BeaconCompressor, untrained_plugin
@@ -144,6 +144,46 @@ def test_chained_turns_equal_one_pass(tiny_models, family, sink):
     assert kv_b.info["sink"] == 0
     torch.testing.assert_close(torch.cat([kv_a.keys, kv_b.keys], dim=2), kv_ab.keys, atol=ATOL, rtol=1e-4)
     torch.testing.assert_close(torch.cat([kv_a.values, kv_b.values], dim=2), kv_ab.values, atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("keep", [False, True])
+def test_segment_starts_equal_compressing_each_segment_after_the_others(tiny_models, family, keep):
+    """One pass with ``segment_starts`` == the engine's chain of segments, where A's length is NOT a
+    multiple of the window: without the restart, B's first window would begin inside A's."""
+    lm = tiny_models[family]
+    plugin = perturbed_plugin(lm)
+    ids = random_ids(13 + 11 + 6, seed=8)
+    flags = [i % 5 == 0 for i in range(len(ids))] if keep else None
+    starts = (13, 24)
+    base = KVContext(lm)
+    chained, context = [], base.copy()
+    for begin, stop in zip((0, *starts), (*starts, len(ids))):
+        kv = compress_segment(lm, plugin, ids[begin:stop], context, window=8, ratio=4, sink=1,
+                              keep_raw=flags[begin:stop] if flags else None)
+        context.append(kv)
+        chained.append(kv)
+    tensor = torch.tensor([ids])
+    keys, values, sink_kept, beacons = compress_rows(lm, plugin, tensor, ([], []), 0, window=8, ratio=4, sink=1,
+                                                     keep_raw=flags, segment_starts=starts)
+    assert sink_kept == 1 and beacons == sum(kv.info["beacons"] for kv in chained)
+    torch.testing.assert_close(keys[:, 0], torch.cat([kv.keys for kv in chained], dim=2), atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(values[:, 0], torch.cat([kv.values for kv in chained], dim=2), atol=ATOL, rtol=1e-4)
+    memory, peaks = 0, []
+    for (begin, stop), kv in zip(zip((0, *starts), (*starts, len(ids))), chained):
+        peaks.append(peak_positions(stop - begin, 8, 4, 1, memory, flags[begin:stop] if flags else None))
+        memory += kv.slots
+    assert peak_positions(len(ids), 8, 4, 1, 0, flags, starts) == max(peaks)
+    plain, _, _, _ = compress_rows(lm, plugin, tensor, ([], []), 0, window=8, ratio=4, sink=1, keep_raw=flags)
+    assert plain.shape != keys.shape or not torch.allclose(plain, keys, atol=ATOL)
+
+
+@pytest.mark.parametrize("starts", [(0,), (5, 5), (9, 4), (30,)])
+def test_segment_starts_are_checked(tiny_models, starts):
+    lm = tiny_models["llama"]
+    with pytest.raises(ValueError, match="segment starts"):
+        compress_rows(lm, perturbed_plugin(lm), torch.tensor([random_ids(20)]), ([], []), 0, window=8, ratio=4,
+                      segment_starts=starts)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -6,6 +6,7 @@ test_beacon.py, so the file stays well under a minute on a busy 2-core machine.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import subprocess
@@ -328,9 +329,10 @@ def test_cli_arguments_build_the_config():
                      "--tasks", '{"passkey": 1}', "--distill-weight", "0.3", "--no-resume",
                      "--raw-loss-weight", "0.5", "--init-plugin", "some/plugin", "--batch-size", "4",
                      "--answer-weight", "1.5", "--anchor-weight", "0.01", "--anchor-plugin", "other",
-                     "--package-docs", "--keep", "numbers")
+                     "--package-docs", "--keep", "numbers", "--segments")
     cfg = config_from_args(args)
     assert cfg.keep == "numbers" and config_from_args(parse_cli(add_arguments)).keep is None
+    assert cfg.segments and not config_from_args(parse_cli(add_arguments)).segments
     assert (cfg.steps, cfg.ratios, cfg.low_rank, cfg.context_tokens) == (7, (2, 8), None, (64, 128))
     assert cfg.tasks == {"passkey": 1} and cfg.distill_weight == 0.3 and cfg.resume is False
     assert cfg.raw_loss_weight == 0.5 and cfg.init_plugin == "some/plugin" and cfg.batch_size == 4
@@ -759,3 +761,49 @@ def test_verbatim_digits_in_training_batches_and_in_the_exported_plugin(tmp_path
     assert "was trained with keep=digits; this run uses keep=None" in caplog.text
     again.run(progress=False)
     assert "keep" not in json.loads((again.checkpoints()[-1] / "plugin" / "beacon_config.json").read_text())
+
+
+def test_segment_starts_mark_each_document_and_turn_as_the_engine_caches_them(embedded):
+    """``Example.segment_starts`` cut a QA context where the engine cuts the same prompt: the chat
+    header, then "Documents:", then each document with the blank line that ends it; a chat history
+    at every message. Plain text is one segment."""
+    decode = embedded.tokenizer.decode
+
+    def pieces(example):
+        bounds = (0, *example.segment_starts, len(example.context_ids))
+        assert list(bounds) == sorted(set(bounds)), example.segment_starts
+        return [decode(example.context_ids[a:b]) for a, b in itertools.pairwise(bounds)]
+
+    for example in make_task_examples(embedded, "codes", "train", 3, 300, seed=2):
+        header, documents_head, *documents = pieces(example)
+        assert header.endswith("<|im_start|>user\n") and documents_head == "Documents:\n\n"
+        assert len(documents) >= 3 and all(d.count("The access code for") == 1 for d in documents)
+        assert all(d.endswith("\n\n") for d in documents[:-1])
+    for example in make_task_examples(embedded, "multidoc", "train", 2, 300, seed=2):
+        header, *documents = pieces(example)
+        assert header.endswith("<|im_start|>user\n") and len(documents) >= 3
+        assert all(d.lstrip("\n").startswith(f"Document {i + 1}:\n") for i, d in enumerate(documents))
+    for example in make_task_examples(embedded, "multiturn", "train", 3, 300, seed=2):
+        turns = pieces(example)
+        assert len(turns) % 2 == 0 and len(turns) >= 4
+        assert all("Please summarise this passage:" in t for t in turns[0::2])
+        assert all(t.endswith("<|im_start|>assistant\n") for t in turns[0::2])
+        assert all(t.endswith("<|im_start|>user\n") for t in turns[1:-1:2])
+    assert len(make_task_examples(embedded, "passkey", "train", 1, 200, seed=2)[0].segment_starts) == 1
+    assert make_task_examples(embedded, "lm", "train", 1, 200, seed=2)[0].segment_starts == ()
+
+
+def test_segments_train_in_the_engines_layout(lm):
+    """``segments=True`` scores each example as its segments chained (windows restart at each start);
+    without it the same example is one segment, and the losses differ."""
+    from beacon_rag.beacon.train import batch_losses
+
+    plugin = _perturbed_plugin(lm, seed=1)
+    batch = make_task_examples(lm, "codes", "train", 2, 96, seed=4)
+    assert all(len(e.segment_starts) >= 4 for e in batch)
+    options = {"window": 16, "ratio": 4, "raw_weight": 1.0, "grad": False}
+    with_segments = batch_losses(lm, plugin, batch, segments=True, **options)
+    singles = [batch_losses(lm, plugin, [e], segments=True, **options) for e in batch]
+    assert with_segments["loss"].item() == pytest.approx(sum(s["loss"].item() for s in singles) / 2, rel=1e-5)
+    plain = batch_losses(lm, plugin, batch, **options)
+    assert abs(plain["raw"].item() - with_segments["raw"].item()) > 1e-4

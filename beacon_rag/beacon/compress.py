@@ -40,6 +40,7 @@ checkpointing recomputes a window during backward: training owns its model).
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Self
@@ -90,9 +91,20 @@ def beacon_layout(raw: int, ratio: int) -> list[bool]:
     return layout
 
 
-def _windows(n: int, window: int) -> Iterable[tuple[int, int]]:
-    for start in range(0, n, window):
-        yield start, min(start + window, n)
+def _windows(n: int, window: int, segment_starts: Sequence[int] = ()) -> Iterable[tuple[int, int]]:
+    """Windows of at most ``window`` tokens that restart at every segment start (see ``compress_rows``)."""
+    bounds = [0, *segment_starts, n]
+    for begin, stop in itertools.pairwise(bounds):
+        for start in range(begin, stop, window):
+            yield start, min(start + window, stop)
+
+
+def _check_segment_starts(n: int, segment_starts: Sequence[int]) -> None:
+    previous = 0
+    for start in segment_starts:
+        if not previous < start < n:
+            raise ValueError(f"segment starts must increase strictly within (0, {n}), got {list(segment_starts)}")
+        previous = start
 
 
 KEEP_KINDS = ("digits", "numbers")
@@ -147,11 +159,11 @@ def slot_count(n: int, window: int, ratio: int, sink: int = 0, context_length: i
 
 
 def peak_positions(n: int, window: int, ratio: int, sink: int = 0, context_length: int = 0,
-                   keep_raw: Sequence[bool] | None = None) -> int:
+                   keep_raw: Sequence[bool] | None = None, segment_starts: Sequence[int] = ()) -> int:
     """The highest position count used while compressing (memory so far + the live window sequence)."""
     _check_keep_raw(n, keep_raw)
     memory, peak = context_length, context_length
-    for start, end in _windows(n, window):
+    for start, end in _windows(n, window, segment_starts):
         raw = end - start
         peak = max(peak, memory + len(beacon_layout(raw, ratio)))
         memory += _kept_in_window(start, raw, ratio, sink, context_length, keep_raw)
@@ -402,6 +414,7 @@ def compress_rows(
     on_window: WindowHook | None = None,
     checkpoint: bool = False,
     keep_raw: Sequence[bool] | None = None,
+    segment_starts: Sequence[int] = (),
 ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """The window loop over a batch: ``ids`` is ``[B, n]``, every row of the same length.
 
@@ -413,10 +426,17 @@ def compress_rows(
     ``[layers, B, kv_heads, slots, head_dim]`` (pre-RoPE, on the model's device), the sink slots
     kept and the beacon count. ``compress_segment`` is the one-row case with its checks. ``keep_raw``
     flags verbatim tokens, the same for every row (see the module's docstring).
+
+    ``segment_starts`` (strictly increasing, inside ``(0, n)``) restart the windows there, so that
+    one call over several segments gives exactly what compressing each segment after the memory
+    of the ones before gives: the engine's layout, where every document and every conversation
+    turn is its own segment and ends in its own partial window. Training uses it so the beacons
+    learn the memory they will be read from.
     """
     validate(window, ratio, sink)
     rows, n = ids.shape
-    check_fit(lm, plugin, peak_positions(n, window, ratio, sink, context_length, keep_raw))
+    _check_segment_starts(n, segment_starts)
+    check_fit(lm, plugin, peak_positions(n, window, ratio, sink, context_length, keep_raw, segment_starts))
     verbatim = None if keep_raw is None or not ratio else torch.tensor(list(keep_raw), dtype=torch.bool)
     device = lm.device
     embed_tokens = lm.model.model.embed_tokens
@@ -429,7 +449,7 @@ def compress_rows(
         beacon_embed = plugin.beacon_embed.to(lm.dtype)[None].expand(rows, -1, -1)  # one per row, every window
         memory_keys, memory_values = memory_tensors
         memory = context_length
-        windows = list(_windows(n, window))
+        windows = list(_windows(n, window, segment_starts))
         for number, (start, end) in enumerate(windows):
             raw = end - start
             layout = beacon_layout(raw, ratio)

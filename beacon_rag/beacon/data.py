@@ -54,6 +54,9 @@ class Example:
       (``lm``, or a tokenization that does not line up). The target sentence is mostly a template
       the question already gives away ("The pass key is ..."): its loss drops as soon as the
       template is learnt, while the few answer tokens are what a compressed memory must carry.
+    * ``segment_starts``: where, inside ``context_ids``, the engine would begin a new cached segment
+      (each retrieved document, each conversation turn); empty for plain text. Training with
+      ``--segments`` restarts the beacon windows there, as inference does.
 
     ``continuation_ids == prompt_ids + target_ids``; ``loss_start == len(prompt_ids)`` is where the
     loss begins inside the continuation.
@@ -66,6 +69,7 @@ class Example:
     answer: str = ""
     meta: dict[str, object] = field(default_factory=dict)
     answer_span: tuple[int, int] | None = None
+    segment_starts: tuple[int, ...] = ()
 
     @property
     def continuation_ids(self) -> list[int]:
@@ -185,12 +189,17 @@ class TaskBuilder:
 
     # -------------------------------------------------------------- helpers
     def _qa(self, task: str, body: list[int], question: str, answer_text: str, answer: str,
-            meta: dict[str, object] | None = None) -> Example:
-        """Chat-format a single-turn QA example: header + body compressed, question + answer plain."""
+            meta: dict[str, object] | None = None, body_starts: Sequence[int] = ()) -> Example:
+        """Chat-format a single-turn QA example: header + body compressed, question + answer plain.
+
+        ``body_starts`` are segment starts inside ``body``; the body itself starts one (the chat
+        header is a segment of its own in the engine, as the system turn is)."""
         prompt = self.lm.encode("\n\n" + question + self.user_glue[1])
         target = self.lm.encode(answer_text) + self.end_ids
+        head = len(self.header_ids)
+        starts = tuple(sorted({head, *(head + start for start in body_starts if 0 < start < len(body))}))
         return Example(task, self.header_ids + body, prompt, target, answer, dict(meta or {}),
-                       answer_span(self.lm, answer_text, answer))
+                       answer_span(self.lm, answer_text, answer), starts if body else ())
 
     def _hide(self, rng: random.Random, filler_tokens: int, needles: Sequence[list[int]]) -> list[int]:
         """Filler with each needle inserted at a random token position (order kept)."""
@@ -249,16 +258,26 @@ class TaskBuilder:
         return self._qa("fact", body, question, answer_text, answer)
 
     def _documents(self, rng: random.Random, context_tokens: int, heads: Sequence[list[int]],
-                   needles: Sequence[list[int]]) -> list[int]:
-        """One document per head: filler with its needle hidden, lengths summing to ``context_tokens``."""
+                   needles: Sequence[list[int]], titled: bool = False) -> tuple[list[int], list[int]]:
+        """One document per head: filler with its needle hidden, lengths summing to ``context_tokens``.
+
+        Also returns where each document starts, as segment starts: the engine caches each document
+        on its own (``rag_messages``). A head that is a separator ("Documents:", a blank line) is
+        not part of the document that follows it; a ``titled`` head ("Document 2:") is."""
         count = len(heads)
         budget = self._budget(context_tokens, *heads, *needles)
         per = max(budget // count, 0)
         body: list[int] = []
+        starts: list[int] = []
         for i, (head, needle) in enumerate(zip(heads, needles)):
             extra = max(budget - per * count, 0) if i == count - 1 else 0  # the rounding, so lengths are exact
-            body += head + self._hide(rng, per + extra, [needle])
-        return body
+            if titled:
+                starts.append(len(body))
+            body += head
+            if not titled:
+                starts.append(len(body))
+            body += self._hide(rng, per + extra, [needle])
+        return body, starts
 
     def multidoc(self, rng: random.Random, context_tokens: int) -> Example:
         """Several short documents, one fact in each; the question is about one of them (RAG-like)."""
@@ -267,10 +286,10 @@ class TaskBuilder:
         facts = [self._fact(rng, name) for name in names]
         heads = [self.lm.encode(f"{'' if i == 0 else chr(10) * 2}Document {i + 1}:\n") for i in range(count)]
         needles = [self.lm.encode("\n" + f[0] + "\n") for f in facts]
-        body = self._documents(rng, context_tokens, heads, needles)
+        body, starts = self._documents(rng, context_tokens, heads, needles, titled=True)
         pick = rng.randrange(count)
         _stmt, question, answer_text, answer = facts[pick]
-        return self._qa("multidoc", body, question, answer_text, answer, {"document": pick + 1})
+        return self._qa("multidoc", body, question, answer_text, answer, {"document": pick + 1}, starts)
 
     def codes(self, rng: random.Random, context_tokens: int) -> Example:
         """Retrieved documents laid out as the RAG prompt lays them out, a 4-digit access code in each.
@@ -284,11 +303,11 @@ class TaskBuilder:
         numbers = [str(n) for n in rng.sample(range(1000, 10000), count)]
         heads = [self.lm.encode("Documents:\n\n" if i == 0 else "\n\n") for i in range(count)]
         needles = [self.lm.encode(f"\nThe access code for {site} is {number}.\n") for site, number in zip(sites, numbers)]
-        body = self._documents(rng, context_tokens, heads, needles)
+        body, starts = self._documents(rng, context_tokens, heads, needles)
         pick = rng.randrange(count)
         site, number = sites[pick], numbers[pick]
         return self._qa("codes", body, f"Question: What is the access code for {site}?",
-                        f"The access code for {site} is {number}.", number, {"document": pick + 1})
+                        f"The access code for {site} is {number}.", number, {"document": pick + 1}, starts)
 
     def multiturn(self, rng: random.Random, context_tokens: int) -> Example:
         """A chat history (compressed) in which the user once said something; asked for it later."""
@@ -302,13 +321,18 @@ class TaskBuilder:
         fixed = sum(len(self.lm.encode(g)) for g in glue) + 40
         per = max((context_tokens - fixed) // (2 * turns), 8)
         ids: list[int] = []
+        # The engine caches every message as a segment: its content and the glue after it (the
+        # first one also the glue before it).
+        starts: list[int] = []
         for turn in range(turns):
             ids += self.lm.encode(glue[2 * turn])
+            starts.append(len(ids))
             user = self.lm.encode("Please summarise this passage:\n") + _filler(self.stream, rng, per)
             if turn == secret_turn:
                 user += self.lm.encode(f"\nAlso, remember my code word: {code}.")
             ids += user
             ids += self.lm.encode(glue[2 * turn + 1])
+            starts.append(len(ids))
             # The last reply takes up what the per-turn rounding left, so the length is as asked.
             short = context_tokens - len(ids) - per
             ids += _filler(self.stream, rng, per + (max(short, 0) if turn == turns - 1 else 0))
@@ -317,7 +341,7 @@ class TaskBuilder:
         answer_text = f"Your code word is {code}."
         target = self.lm.encode(answer_text) + self.end_ids
         return Example("multiturn", ids, prompt, target, code, {"turn": secret_turn},
-                       answer_span(self.lm, answer_text, code))
+                       answer_span(self.lm, answer_text, code), tuple(s for s in starts[1:] if s < len(ids)))
 
     def recall(self, rng: random.Random, context_tokens: int, target_tokens: int) -> Example:
         """Quote ``target_tokens`` tokens of the compressed context, from where a given cue ends.

@@ -95,6 +95,10 @@ class TrainConfig:
     # Verbatim tokens kept raw among the beacons (``KEEP_KINDS``; None: beacons only). A plug-in is
     # trained with the memory layout it will be used with, and records it (``keep`` in its config).
     keep: str | None = None
+    # Restart the beacon windows at every document and conversation turn (``Example.segment_starts``),
+    # as the engine does when it caches each as its own segment. Off keeps earlier runs' layout: one
+    # segment per context, windows running across documents.
+    segments: bool = False
     init_plugin: str | None = None  # a saved plug-in to start from (warm start of a new run)
     anchor_weight: float = 0.0  # L2 pull towards the starting weights (0: off); see the module docstring
     anchor_plugin: str | None = None  # pull towards this saved plug-in instead of the starting weights
@@ -225,18 +229,21 @@ def _target_slice(example: Example) -> tuple[slice, torch.Tensor]:
 def example_losses(lm: LoadedModel, plugin: BeaconPlugin, example: Example, *, window: int, ratio: int,
                    sink: int = 0, distill_weight: float = 0.0, temperature: float = 1.0,
                    raw_weight: float = 0.0, answer_weight: float = 0.0, grad: bool = True,
-                   checkpoint: bool = False, keep: str | None = None) -> dict[str, torch.Tensor]:
+                   checkpoint: bool = False, keep: str | None = None,
+                   segments: bool = False) -> dict[str, torch.Tensor]:
     """Loss terms of one example: ``lm`` (next-token NLL on the target), ``distill`` (KL), ``raw``,
     ``answer`` (NLL on the answer's tokens only, when it has an ``answer_span``), ``loss``."""
     return batch_losses(lm, plugin, [example], window=window, ratio=ratio, sink=sink,
                         distill_weight=distill_weight, temperature=temperature, raw_weight=raw_weight,
-                        answer_weight=answer_weight, grad=grad, checkpoint=checkpoint, keep=keep)
+                        answer_weight=answer_weight, grad=grad, checkpoint=checkpoint, keep=keep,
+                        segments=segments)
 
 
 def batch_losses(lm: LoadedModel, plugin: BeaconPlugin, examples: list[Example], *, window: int, ratio: int,
                  sink: int = 0, distill_weight: float = 0.0, temperature: float = 1.0,
                  raw_weight: float = 0.0, answer_weight: float = 0.0, grad: bool = True,
-                 checkpoint: bool = False, keep: str | None = None) -> dict[str, torch.Tensor]:
+                 checkpoint: bool = False, keep: str | None = None,
+                 segments: bool = False) -> dict[str, torch.Tensor]:
     """Loss terms averaged over ``examples``, each example's own mean first (as gradient accumulation
     over them one by one would give): ``lm``, ``distill``, ``raw``, ``answer``, ``loss``.
 
@@ -259,20 +266,24 @@ def batch_losses(lm: LoadedModel, plugin: BeaconPlugin, examples: list[Example],
 
     ``keep`` keeps verbatim tokens raw in the memory (``verbatim_mask``). Rows of one forward share
     the kept positions, so examples are grouped by their flags as well as by length.
+
+    ``segments`` restarts the windows at each example's ``segment_starts`` (the engine's layout);
+    rows of one forward share them too, so they join the grouping key.
     """
     if not examples:
         raise ValueError("batch_losses needs at least one example")
-    groups: dict[tuple[int, tuple[bool, ...]], list[Example]] = {}
+    groups: dict[tuple[int, tuple[bool, ...], tuple[int, ...]], list[Example]] = {}
     for example in examples:
         flags = tuple(verbatim_mask(lm, example.context_ids, keep)) if keep else ()
-        groups.setdefault((len(example.context_ids), flags), []).append(example)
+        starts = tuple(example.segment_starts) if segments else ()
+        groups.setdefault((len(example.context_ids), flags, starts), []).append(example)
     totals: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    for (_, flags), group in groups.items():
+    for (_, flags, starts), group in groups.items():
         part = _group_losses(lm, plugin, group, window=window, ratio=ratio, sink=sink,
                              distill_weight=distill_weight, temperature=temperature, raw_weight=raw_weight,
                              answer_weight=answer_weight, grad=grad, checkpoint=checkpoint,
-                             keep_raw=flags if keep else None)
+                             keep_raw=flags if keep else None, segment_starts=starts)
         answered = sum(_answer_rows(e) is not None for e in group)
         for key, value in part.items():
             # The ``answer*`` terms are means over the examples that have one; every other term over all.
@@ -285,8 +296,9 @@ def batch_losses(lm: LoadedModel, plugin: BeaconPlugin, examples: list[Example],
 def _group_losses(lm: LoadedModel, plugin: BeaconPlugin, group: list[Example], *, window: int, ratio: int,
                   sink: int, distill_weight: float, temperature: float, raw_weight: float,
                   answer_weight: float, grad: bool, checkpoint: bool,
-                  keep_raw: tuple[bool, ...] | None) -> dict[str, torch.Tensor]:
-    """``batch_losses`` for examples whose contexts have the same length and kept positions (one batch)."""
+                  keep_raw: tuple[bool, ...] | None,
+                  segment_starts: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
+    """``batch_losses`` for examples whose contexts share length, kept positions and segments (one batch)."""
     n = len(group[0].context_ids)
     ids = torch.tensor([e.context_ids for e in group], dtype=torch.long, device=lm.device)
     labels = torch.tensor([e.context_ids + e.continuation_ids[:1] for e in group], dtype=torch.long,
@@ -301,7 +313,8 @@ def _group_losses(lm: LoadedModel, plugin: BeaconPlugin, group: list[Example], *
     with torch.set_grad_enabled(grad):
         keys, values, _, _ = compress_rows(lm, plugin, ids, ([], []), 0, window=window, ratio=ratio, sink=sink,
                                            grad=grad, on_window=score_window if raw_weight > 0 else None,
-                                           checkpoint=checkpoint, keep_raw=keep_raw)
+                                           checkpoint=checkpoint, keep_raw=keep_raw,
+                                           segment_starts=segment_starts)
         continuations = [e.continuation_ids for e in group]
         out = lm.model(input_ids=_padded(continuations, lm.device), **lm.cache_kwargs(_memory_cache(lm, keys, values)),
                        use_cache=True)
@@ -589,7 +602,8 @@ class Trainer:
             f"{f' towards {c.anchor_plugin}' if c.anchor_plugin else ''}; "
             f"warm start: {c.init_plugin or 'none (untrained copy)'}\n"
             f"- window {c.window}, ratios {list(c.ratios)} (one per step), sink {c.sink}, "
-            f"verbatim tokens kept raw: {c.keep or 'none'}\n"
+            f"verbatim tokens kept raw: {c.keep or 'none'}; windows restart at each document and turn: "
+            f"{'yes' if c.segments else 'no'}\n"
             f"- data: offline mixture {c.tasks} from `split_sources('train')` (Python stdlib docs)"
             f"{packages}, contexts "
             f"{list(c.context_tokens)} tokens, targets up to {c.target_tokens} tokens; seed {c.seed}\n"
@@ -621,7 +635,8 @@ class Trainer:
             self._eval_refs = [reference_losses(self.lm, e) for e in examples]
         losses = [
             example_losses(self.lm, self.plugin, e, window=self.config.window, ratio=self.config.eval_ratio,
-                           sink=self.config.sink, grad=False, keep=self.config.keep)
+                           sink=self.config.sink, grad=False, keep=self.config.keep,
+                           segments=self.config.segments)
             for e in examples
         ]
         compressed = [loss["lm"].item() for loss in losses]
@@ -677,7 +692,7 @@ class Trainer:
             losses = batch_losses(self.lm, self.plugin, batch, window=c.window, ratio=ratio, sink=c.sink,
                                   distill_weight=c.distill_weight, temperature=c.distill_temperature,
                                   raw_weight=c.raw_loss_weight, answer_weight=c.answer_weight,
-                                  checkpoint=c.gradient_checkpointing, keep=c.keep)
+                                  checkpoint=c.gradient_checkpointing, keep=c.keep, segments=c.segments)
             (losses["loss"] / c.grad_accum).backward()
             for key in totals:
                 if key in losses:
@@ -807,6 +822,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also keep these tokens raw among the beacons, in training and eval, and record "
                         "it in the plug-in so inference does the same (digits: tokens holding a digit; "
                         "numbers: those and the token that ends each number)")
+    parser.add_argument("--segments", action="store_true", default=d.segments,
+                        help="restart the beacon windows at every document and conversation turn, as the "
+                        "engine does when it caches each as its own segment (default: one segment per context)")
     parser.add_argument("--init-plugin", default=None, help="start a new run from this saved plug-in folder")
     parser.add_argument("--anchor-plugin", default=d.anchor_plugin,
                         help="with --anchor-weight: pull towards this saved plug-in instead of the starting weights "
@@ -849,6 +867,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         context_tokens=tuple(args.context_tokens), target_tokens=args.target_tokens, tasks=tasks,
         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
         raw_loss_weight=args.raw_loss_weight, answer_weight=args.answer_weight, keep=args.keep,
+        segments=args.segments,
         init_plugin=args.init_plugin,
         anchor_weight=args.anchor_weight, anchor_plugin=args.anchor_plugin, package_docs=args.package_docs,
         gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every,
