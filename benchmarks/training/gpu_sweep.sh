@@ -76,6 +76,9 @@ declare -A RUNS=(
   # (0.1) towards the start. One keeps the CPU run's mixture; the other moves lm to 45%.
   [numbers-b1]="--init-plugin $ROOT/init --low-rank 32 --lr 2e-4 --anchor-weight 0.1 --keep numbers $CPU_RECIPE --tasks $KEEP_MIX"
   [numbers-lm45-b1]="--init-plugin $ROOT/init --low-rank 32 --lr 2e-4 --anchor-weight 0.1 --keep numbers $CPU_RECIPE --tasks $KEEP_LM45_MIX"
+  # After the nineteenth session: the same in the engine's segment layout (every document and turn
+  # its own windows). 400K-token CPU continuations did not move document codes (cpu-s19).
+  [numbers-seg-b1]="--init-plugin $ROOT/init --low-rank 32 --lr 2e-4 --anchor-weight 0.1 --keep numbers --segments $CPU_RECIPE --tasks $KEEP_MIX"
 )
 # BT_RUNS picks the runs (the 2026-11-23 sweep: "mix-warm lm-warm qa-warm r48-warm mix-scratch mix-r64-scratch").
 SELECTED=${BT_RUNS:-mix-batch digits-batch codes-batch}
