@@ -7,6 +7,7 @@ the reference, and such a bug would go unseen.
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -156,9 +157,9 @@ def test_segment_starts_equal_compressing_each_segment_after_the_others(tiny_mod
     ids = random_ids(13 + 11 + 6, seed=8)
     flags = [i % 5 == 0 for i in range(len(ids))] if keep else None
     starts = (13, 24)
-    base = KVContext(lm)
-    chained, context = [], base.copy()
-    for begin, stop in zip((0, *starts), (*starts, len(ids))):
+    segments = list(itertools.pairwise((0, *starts, len(ids))))
+    chained, context = [], KVContext(lm)
+    for begin, stop in segments:
         kv = compress_segment(lm, plugin, ids[begin:stop], context, window=8, ratio=4, sink=1,
                               keep_raw=flags[begin:stop] if flags else None)
         context.append(kv)
@@ -170,7 +171,7 @@ def test_segment_starts_equal_compressing_each_segment_after_the_others(tiny_mod
     torch.testing.assert_close(keys[:, 0], torch.cat([kv.keys for kv in chained], dim=2), atol=ATOL, rtol=1e-4)
     torch.testing.assert_close(values[:, 0], torch.cat([kv.values for kv in chained], dim=2), atol=ATOL, rtol=1e-4)
     memory, peaks = 0, []
-    for (begin, stop), kv in zip(zip((0, *starts), (*starts, len(ids))), chained):
+    for (begin, stop), kv in zip(segments, chained):
         peaks.append(peak_positions(stop - begin, 8, 4, 1, memory, flags[begin:stop] if flags else None))
         memory += kv.slots
     assert peak_positions(len(ids), 8, 4, 1, 0, flags, starts) == max(peaks)

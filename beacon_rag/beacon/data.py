@@ -271,12 +271,8 @@ class TaskBuilder:
         starts: list[int] = []
         for i, (head, needle) in enumerate(zip(heads, needles)):
             extra = max(budget - per * count, 0) if i == count - 1 else 0  # the rounding, so lengths are exact
-            if titled:
-                starts.append(len(body))
-            body += head
-            if not titled:
-                starts.append(len(body))
-            body += self._hide(rng, per + extra, [needle])
+            starts.append(len(body) if titled else len(body) + len(head))
+            body += head + self._hide(rng, per + extra, [needle])
         return body, starts
 
     def multidoc(self, rng: random.Random, context_tokens: int) -> Example:
