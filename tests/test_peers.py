@@ -86,3 +86,23 @@ def test_peers_run_end_to_end_on_the_embedded_model(embedded, tmp_path):
     table = peers.render_markdown(result)
     assert table.splitlines()[0].startswith("| method | kept / token | passkey (n=1")
     assert any(line.startswith("| kvpress-knorm-x2 |") for line in table.splitlines())
+
+
+def test_beacon_rows_match_the_budget_when_the_plugin_keeps_tokens(embedded):
+    """The shipped plug-in keeps numbers verbatim, which puts its row above 1/R kept slots per
+    token; the beacons-only row beside it is the one whose budget matches the peers'. Runs
+    without the peers environment (beacon-rag's own rows only)."""
+    args = _args(tasks=["passkey", "lm-loss"], ratios=[4], examples=1, no_peers=True,
+                 context_tokens={"passkey": 200, "lm-loss": 96}, max_tokens=16, repair_tokens=0,
+                 placement_ratio=0, out=None)
+    result = peers.run(args, lm=embedded)
+    beacon = result["settings"]["beacon"]
+    assert beacon["keep"] == "numbers" and beacon["plugin"] != "untrained-v1", beacon
+    for task in ("passkey", "lm-loss"):
+        rows = result["tasks"][task]["methods"]
+        shipped, alone = rows["beacon-x4"], rows["beacon+none-x4"]
+        assert alone["kept_slots_per_token"] <= 0.3, alone
+        if task == "passkey":  # the pass key's ten digits are kept on top of the beacons
+            assert shipped["kept_slots_per_token"] > alone["kept_slots_per_token"], (shipped, alone)
+    footer = peers.render_markdown(result).splitlines()[-1]
+    assert f"beacon plug-in {beacon['plugin'][:12]}, keeps numbers verbatim" in footer, footer

@@ -65,6 +65,7 @@ from beacon_rag.bench.quality import (
     make_examples,
 )
 from beacon_rag.bench.report import markdown_table
+from beacon_rag.compressors.beacon import default_options as default_beacon_options
 from beacon_rag.compressors.exact import ExactCompressor
 from beacon_rag.engine import Engine, rag_messages
 from beacon_rag.kv import KVContext
@@ -353,6 +354,7 @@ def _finish(args: argparse.Namespace, lm: LoadedModel, tasks: list[str], ratios:
             "shared_docs": args.shared_docs, "docs": args.docs, "max_new_tokens": args.max_tokens,
             "continuation_tokens": args.continuation_tokens, "repair_tokens": args.repair_tokens,
             "placement_ratio": args.placement_ratio, "seed": args.seed, "decoding": "greedy",
+            "beacon": build_compressor("beacon", ratios[0], lm=lm).spec(),
         },
         "peers": {"kvpress": press_info, "llmlingua": lingua_info},
         "worker_full_agreement": agreement,
@@ -368,19 +370,31 @@ def _finish(args: argparse.Namespace, lm: LoadedModel, tasks: list[str], ratios:
     return report
 
 
+def beacon_variants(lm: LoadedModel) -> list[tuple[str, str, str | None]]:
+    """(label, family, keep) of the beacon rows: the shipped plug-in as it runs by default, and,
+    when that plug-in keeps some tokens verbatim (which adds slots), beacons alone as well.
+
+    Why both: kept tokens put the default beacon row above 1/R kept slots per token, so the
+    beacons-only row is the one that matches the peers' budget exactly.
+    """
+    variants: list[tuple[str, str, str | None]] = [("beacon", "beacon-rag beacon", None)]
+    if default_beacon_options(lm, {}).get("keep"):
+        variants.append(("beacon+none", "beacon-rag beacon, no kept tokens", "none"))
+    return variants
+
+
 def _run_native(lm: LoadedModel, task: str, entry: dict[str, Any], ratios: list[int],
                 args: argparse.Namespace) -> dict[str, Any]:
     """full, none, beacon at each ratio and (multi-document tasks) placement variants, in-process."""
     examples = entry["examples"]
     full, none = _Cond("full", "full context"), _Cond("none", "no context")
-    beacons = {r: _Cond(f"beacon-x{r}", "beacon-rag beacon", float(r)) for r in ratios}
-    conds = [full, none, *beacons.values()]
+    beacon_runs = [(_Cond(f"{label}-x{r}", family, float(r)), build_compressor("beacon", r, lm=lm, keep=keep))
+                   for label, family, keep in beacon_variants(lm) for r in ratios]
+    conds = [full, none, *(cond for cond, _ in beacon_runs)]
     lengths: list[int] = []
     if task == "lm-loss":
-        exact = ExactCompressor()
-        compressors = {r: build_compressor("beacon", r, lm=lm) for r in ratios}
         for example in tqdm(examples, desc=f"peers {task}", unit="example"):
-            for cond, compressor in [(full, exact), *((beacons[r], compressors[r]) for r in ratios)]:
+            for cond, compressor in [(full, ExactCompressor()), *beacon_runs]:
                 kv = compressor.compress(lm, example.context_ids, KVContext(lm))
                 context = KVContext(lm)
                 context.append(kv)
@@ -396,7 +410,7 @@ def _run_native(lm: LoadedModel, task: str, entry: dict[str, Any], ratios: list[
                       placement=placement, repair_tokens=repair)
 
     full_engine = engine(ExactCompressor())
-    engines = [(full, full_engine)] + [(beacons[r], engine(build_compressor("beacon", r, lm=lm))) for r in ratios]
+    engines = [(full, full_engine)] + [(cond, engine(compressor)) for cond, compressor in beacon_runs]
     if task in ("rag-qa", "shared-context"):
         indep = _Cond("independent", "placement", None, "independent")
         conds.append(indep)
@@ -546,7 +560,11 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines = markdown_table(header, rows)
     settings = result.get("settings", {})
     lines.append("")
-    lines.append(f"Model {result.get('model')}, {result.get('machine')}; greedy, {settings.get('max_new_tokens')} new "
+    beacon = settings.get("beacon") or {}
+    plugin = f"beacon plug-in {str(beacon['plugin'])[:12]}" if beacon.get("plugin") else "untrained beacon plug-in"
+    kept = f", keeps {beacon['keep']} verbatim (beacon+none: beacons only)" if beacon.get("keep") else ""
+    lines.append(f"Model {result.get('model')}, {result.get('machine')}; {plugin}{kept}; "
+                 f"greedy, {settings.get('max_new_tokens')} new "
                  f"tokens; QA cells: accuracy; lm-loss: mean loss (full-context perplexity / method's). "
                  f"Worker replay of full context agreed with the engine on "
                  + ", ".join(f"{t} {v:.0%}" for t, v in result.get("worker_full_agreement", {}).items())
