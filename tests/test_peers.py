@@ -106,3 +106,22 @@ def test_beacon_rows_match_the_budget_when_the_plugin_keeps_tokens(embedded):
             assert shipped["kept_slots_per_token"] > alone["kept_slots_per_token"], (shipped, alone)
     footer = peers.render_markdown(result).splitlines()[-1]
     assert f"beacon plug-in {beacon['plugin'][:12]}, keeps numbers verbatim" in footer, footer
+
+
+@pytest.mark.parametrize("beacon, expected", [
+    (None, None),  # results written before the plug-in was recorded say nothing of it
+    ({"plugin": "untrained-v1", "untrained": True}, "; untrained beacon plug-in;"),
+    ({"plugin": "393d4d6644ced79c", "keep": "numbers"}, "; beacon plug-in 393d4d6644ce, keeps numbers verbatim"),
+])
+def test_table_footer_names_the_beacon_plugin_it_ran(beacon, expected):
+    row = {"family": "beacon-rag beacon", "placement": "chained", "ratio": 4.0, "accuracy": 0.5,
+           "kept_slots_per_token": 0.25}
+    result = {"model": "m", "machine": "cpu", "settings": {"max_new_tokens": 8},
+              "tasks": {"passkey": {"n": 1, "mean_prompt_tokens": 10, "methods": {"beacon-x4": row}}}}
+    if beacon is not None:
+        result["settings"]["beacon"] = beacon
+    footer = peers.render_markdown(result).splitlines()[-1]
+    if expected is None:
+        assert "plug-in" not in footer, footer
+    else:
+        assert expected in footer, footer

@@ -560,10 +560,11 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines = markdown_table(header, rows)
     settings = result.get("settings", {})
     lines.append("")
-    beacon = settings.get("beacon") or {}
-    plugin = f"beacon plug-in {str(beacon['plugin'])[:12]}" if beacon.get("plugin") else "untrained beacon plug-in"
+    beacon = settings.get("beacon") or {}  # absent from results written before it was recorded
+    plugin = ("; untrained beacon plug-in" if beacon.get("untrained") else
+              f"; beacon plug-in {str(beacon['plugin'])[:12]}" if beacon.get("plugin") else "")
     kept = f", keeps {beacon['keep']} verbatim (beacon+none: beacons only)" if beacon.get("keep") else ""
-    lines.append(f"Model {result.get('model')}, {result.get('machine')}; {plugin}{kept}; "
+    lines.append(f"Model {result.get('model')}, {result.get('machine')}{plugin}{kept}; "
                  f"greedy, {settings.get('max_new_tokens')} new "
                  f"tokens; QA cells: accuracy; lm-loss: mean loss (full-context perplexity / method's). "
                  f"Worker replay of full context agreed with the engine on "
