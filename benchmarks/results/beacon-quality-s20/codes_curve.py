@@ -30,6 +30,9 @@ ax.plot([s for s, _ in steps], [sum(c) for _, c in steps], "o-", label="codes-fo
 for place, marker in zip(range(3), "v^s"):
     ax.plot([s for s, _ in steps], [3 * c[place] for _, c in steps], marker, alpha=0.4,
             label=f"target document {place + 1} (x3)")
+control = sorted((int(p.stem.split("step")[-1]), correct(p)) for p in HERE.glob("rotate-codes-focus-lr2e4-step*.txt"))
+ax.plot([0] + [s for s, _ in control], [sum(steps[0][1])] + [sum(c) for _, c in control], "s--", color="tab:purple",
+        label="control: the same examples at lr 2e-4 (400 steps)")
 ax.axhline(sum(full), color="k", ls="--", label="full context")
 ax.axhline(24, color="gray", ls=":", label="chance (1 of 3)")
 ax.set_xlabel("training step")

@@ -7,6 +7,7 @@
 # saw at most ~80 codes examples each. This one sees several hundred, in short contexts.
 #   codes-focus: codes 0.6 of the mixture (lm 0.2, passkey 0.1, multidoc 0.1 keep the rest alive),
 #                contexts of 256-512 tokens, lr 5e-4, seed 41.
+#   codes-focus-lr2e4: the same at lr 2e-4 (run as `launch.sh codes-focus-lr2e4 0 1800 400`).
 # One thread on one core.
 #   launch.sh NAME CORE [SECONDS] [STEPS]     default 4200 s, 900 steps
 set -euo pipefail
@@ -17,6 +18,8 @@ from_kn=benchmarks/training/cpu-s18/keep-numbers/step-223/plugin
 anchor=benchmarks/training/cpu-s17/lm40/step-189/plugin
 case $name in
   codes-focus) run=(--seed 41 --tasks "$focus_mix" --context-tokens 256,512 --lr 5e-4) ;;
+  # the control: the same at the lr of the runs before (2e-4), 400 steps in 30 minutes
+  codes-focus-lr2e4) run=(--seed 41 --tasks "$focus_mix" --context-tokens 256,512 --lr 2e-4) ;;
   *) echo "unknown run $name" >&2; exit 2 ;;
 esac
 mkdir -p runs/s20
