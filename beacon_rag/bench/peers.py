@@ -65,7 +65,6 @@ from beacon_rag.bench.quality import (
     make_examples,
 )
 from beacon_rag.bench.report import markdown_table
-from beacon_rag.compressors.beacon import default_options as default_beacon_options
 from beacon_rag.compressors.exact import ExactCompressor
 from beacon_rag.engine import Engine, rag_messages
 from beacon_rag.kv import KVContext
@@ -303,8 +302,10 @@ def _finish(args: argparse.Namespace, lm: LoadedModel, tasks: list[str], ratios:
             press_proc: subprocess.Popen | None, started: float) -> dict[str, Any]:
     """beacon-rag's own methods in this process, then the peers' results, then the report."""
     results: dict[str, Any] = {}
+    shipped_beacon = build_compressor("beacon", ratios[0], lm=lm).spec()  # what the default beacon rows run
+    variants = beacon_variants(shipped_beacon)
     for task in tasks:
-        results[task] = _run_native(lm, task, data[task], ratios, args)
+        results[task] = _run_native(lm, task, data[task], ratios, variants, args)
 
     # 3. LLMLingua: compressed texts back, then the same exact engine on the compressed prompts
     lingua_info: dict[str, Any] = {}
@@ -354,7 +355,7 @@ def _finish(args: argparse.Namespace, lm: LoadedModel, tasks: list[str], ratios:
             "shared_docs": args.shared_docs, "docs": args.docs, "max_new_tokens": args.max_tokens,
             "continuation_tokens": args.continuation_tokens, "repair_tokens": args.repair_tokens,
             "placement_ratio": args.placement_ratio, "seed": args.seed, "decoding": "greedy",
-            "beacon": build_compressor("beacon", ratios[0], lm=lm).spec(),
+            "beacon": shipped_beacon,
         },
         "peers": {"kvpress": press_info, "llmlingua": lingua_info},
         "worker_full_agreement": agreement,
@@ -370,31 +371,33 @@ def _finish(args: argparse.Namespace, lm: LoadedModel, tasks: list[str], ratios:
     return report
 
 
-def beacon_variants(lm: LoadedModel) -> list[tuple[str, str, str | None]]:
-    """(label, family, keep) of the beacon rows: the shipped plug-in as it runs by default, and,
-    when that plug-in keeps some tokens verbatim (which adds slots), beacons alone as well.
+def beacon_variants(shipped: dict[str, Any]) -> list[tuple[str, str, str | None]]:
+    """(label, family, keep) of the beacon rows: the shipped plug-in as it runs by default (its
+    compressor spec is ``shipped``), and, when it keeps some tokens verbatim (which adds slots),
+    beacons alone as well.
 
     Why both: kept tokens put the default beacon row above 1/R kept slots per token, so the
     beacons-only row is the one that matches the peers' budget exactly.
     """
     variants: list[tuple[str, str, str | None]] = [("beacon", "beacon-rag beacon", None)]
-    if default_beacon_options(lm, {}).get("keep"):
+    if shipped.get("keep"):
         variants.append(("beacon+none", "beacon-rag beacon, no kept tokens", "none"))
     return variants
 
 
 def _run_native(lm: LoadedModel, task: str, entry: dict[str, Any], ratios: list[int],
-                args: argparse.Namespace) -> dict[str, Any]:
+                variants: list[tuple[str, str, str | None]], args: argparse.Namespace) -> dict[str, Any]:
     """full, none, beacon at each ratio and (multi-document tasks) placement variants, in-process."""
     examples = entry["examples"]
     full, none = _Cond("full", "full context"), _Cond("none", "no context")
     beacon_runs = [(_Cond(f"{label}-x{r}", family, float(r)), build_compressor("beacon", r, lm=lm, keep=keep))
-                   for label, family, keep in beacon_variants(lm) for r in ratios]
+                   for label, family, keep in variants for r in ratios]
     conds = [full, none, *(cond for cond, _ in beacon_runs)]
     lengths: list[int] = []
     if task == "lm-loss":
+        exact = ExactCompressor()
         for example in tqdm(examples, desc=f"peers {task}", unit="example"):
-            for cond, compressor in [(full, ExactCompressor()), *beacon_runs]:
+            for cond, compressor in [(full, exact), *beacon_runs]:
                 kv = compressor.compress(lm, example.context_ids, KVContext(lm))
                 context = KVContext(lm)
                 context.append(kv)
