@@ -1,8 +1,9 @@
-"""Same examples, target document moved to each position: accuracy per position.  args: METHOD RATIO KEEP N
+"""Same examples, target document moved to each position: accuracy per position.  args: METHOD RATIO KEEP N [SEED]
 
 Run from the repository root (.venv/bin/python benchmarks/results/beacon-quality-s20/rotate.py ARGS).
 METHOD: full, shipped (the plug-in the package ships when it runs; the rotate-keep-numbers-223*
-files were made while that was keep-numbers 223), untrained, or a plug-in folder.
+files were made while that was keep-numbers 223), untrained, or a plug-in folder. SEED (default 0, the bench's examples) picks other held-out
+examples: session 21 chose between checkpoints on seed 1, so that seed 0 stayed a test set.
 """
 import sys, re
 import torch
@@ -14,7 +15,8 @@ from beacon_rag.segments import Message
 torch.set_num_threads(1)
 lm = load_model()
 method, ratio, keep, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-ex = make_examples("rag-qa", lm, n, 512, seed=0)
+seed = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+ex = make_examples("rag-qa", lm, n, 512, seed=seed)
 comp = ExactCompressor() if method == "full" else build_compressor("beacon", ratio, lm=lm, plugin=None if method == "shipped" else method, keep=keep)
 eng = Engine(lm, compressor=comp, persist=False, memory_bytes=ENGINE_MEMORY_BYTES)
 score = [0, 0, 0]
