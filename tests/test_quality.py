@@ -141,6 +141,35 @@ def test_qa_generators_deterministic_and_answer_present(lm, task):
         assert example.answer not in "".join(b.text for b in example.messages[-1].blocks()[-1:])
 
 
+def test_rotated_rag_examples_move_the_asked_document_through_every_position(lm):
+    """``--rotate``: each drawn example comes back once per position of the asked document, the
+    other documents in their drawn order, and the drawn layout is one of them."""
+    docs = 3
+    drawn = quality.make_examples("rag-qa", lm, 2, 96, seed=1, docs=docs)
+    rotated = quality.make_examples("rag-qa", lm, 2, 96, seed=1, docs=docs, rotate=True)
+    assert len(rotated) == 2 * docs
+    for example, group in zip(drawn, (rotated[:docs], rotated[docs:])):
+        layout = [b.text for b in example.messages[-1].blocks() if b.document]
+        others = [text for text in layout if example.context_text.strip() not in text]
+        assert len(others) == docs - 1
+        assert any(member.messages == example.messages for member in group)
+        for position, member in enumerate(group):
+            assert (member.answer, member.none_messages, member.context_text) == \
+                (example.answer, example.none_messages, example.context_text)
+            texts = [b.text for b in member.messages[-1].blocks() if b.document]
+            assert sorted(texts) == sorted(layout)
+            assert example.context_text.strip() in texts[position]
+            assert [t for i, t in enumerate(texts) if i != position] == others
+    with pytest.raises(ValueError, match="rotate applies to rag-qa only, not passkey"):
+        quality.make_examples("passkey", lm, 2, 96, rotate=True)
+
+
+def test_accuracy_by_position_reads_the_rotation_order():
+    tally = quality._Tally(scores=[1.0, 0.0, 1.0, 1.0, 0.0, 0.0])  # two drawn examples, three positions
+    assert quality._by_position(tally, 3) == [1.0, 0.0, 0.5]
+    assert quality._by_position(tally, 2) == [pytest.approx(2 / 3), pytest.approx(1 / 3)]
+
+
 def test_passkey_length_close_to_requested(lm):
     for example in quality.make_passkey_examples(lm, 3, 200, seed=0):
         assert abs(len(lm.encode(example.context_text)) - 200) <= 20
@@ -293,6 +322,20 @@ def test_options_a_qa_task_would_ignore_are_refused(methods):
         quality.run(bench_args("--task", "passkey", "--live-tail", "8", *methods))
     with pytest.raises(ValueError, match="--max-tokens must be >= 1"):
         quality.run(bench_args("--task", "rag-qa", "--max-tokens", "0", *methods))
+    with pytest.raises(ValueError, match="--rotate applies to --task rag-qa only, not lm-loss"):
+        quality.run(bench_args("--task", "lm-loss", "--rotate", *methods))
+
+
+@pytest.mark.parametrize("methods", [["--compressor", "knorm", "--ratio", "4"], ["--methods", "knorm:4,streaming:8"]])
+def test_rotated_bench_reports_every_position(lm, methods):
+    report = quality.run(bench_args("--task", "rag-qa", "--examples", "2", "--context-tokens", "64", "--rotate",
+                                    "--max-tokens", "24", "--details", *methods), lm=lm)
+    assert report["n"] == 6 and report["rotated"] is True and report["docs"] == 3
+    assert len(report["per_example"]) == 6
+    rows = report["methods"] if "methods" in report else [{**report, "score": report["accuracy"]}]
+    for row in [*rows, {"by_position": report["full_by_position"], "score": report["full"]}]:
+        assert len(row["by_position"]) == 3
+        assert sum(row["by_position"]) / 3 == pytest.approx(row["score"])
 
 
 @pytest.mark.parametrize("task", ["rag-qa", "lm-loss"])

@@ -17,7 +17,9 @@ fixed seeds, so every method and every run sees the same examples):
 * ``passkey``: a 5-digit pass key sentence hidden at a random depth in ``--context-tokens`` of
   filler, given as one document; "What is the pass key?".
 * ``rag-qa``: ``--docs`` documents of prose, each carrying one invented access code of a named
-  place; the question asks for one place's code (the layout of ``bench placement``).
+  place; the question asks for one place's code (the layout of ``bench placement``). ``--rotate``
+  asks each drawn example once with the asked document at each position, and reports accuracy by
+  position too: a steadier figure for comparing plug-ins than the drawn positions give.
 * ``multiturn``: a conversation whose first user turns state personal facts ("My locker number
   is 4172."), then unrelated turns carrying held-out passages, then a question recalling one fact.
   Every turn but the last is a cached (chained) segment.
@@ -192,9 +194,16 @@ def coded_documents(lm: LoadedModel, rng: random.Random, places: Sequence[str], 
 
 
 def make_rag_examples(
-    lm: LoadedModel, count: int, context_tokens: int, docs: int = 3, seed: int = 0
+    lm: LoadedModel, count: int, context_tokens: int, docs: int = 3, seed: int = 0, rotate: bool = False
 ) -> list[QAExample]:
-    """Multi-document QA: ``docs`` documents (``context_tokens`` in all), one invented fact in each."""
+    """Multi-document QA: ``docs`` documents (``context_tokens`` in all), one invented fact in each.
+
+    ``rotate`` turns each drawn example into ``docs`` examples, the asked document moved to each
+    position in turn (the others keep their order), so ``count * docs`` examples come back, grouped
+    by drawn example. Why: with few examples the drawn positions of the asked document decide much
+    of the score (a beacon memory, like the model itself, reads some positions better than others);
+    every position once per example takes that out of a comparison between plug-ins.
+    """
     if not 1 <= docs <= len(PLACES):
         raise ValueError(f"docs must be between 1 and {len(PLACES)}, got {docs}")
     rng = random.Random(f"rag-qa-{seed}")
@@ -206,8 +215,13 @@ def make_rag_examples(
         documents = coded_documents(lm, rng, places, codes, per)
         target = rng.randrange(docs)
         question = f"What is the access code for {places[target]}?"
-        examples.append(QAExample(rag_messages(question, documents), rag_messages(question, []), codes[target],
-                                  documents[target]))
+        if rotate:
+            others = documents[:target] + documents[target + 1:]
+            orders = [others[:position] + [documents[target]] + others[position:] for position in range(docs)]
+        else:
+            orders = [documents]
+        examples += [QAExample(rag_messages(question, order), rag_messages(question, []), codes[target],
+                               documents[target]) for order in orders]
     return examples
 
 
@@ -266,8 +280,12 @@ def make_lm_examples(
 
 
 def make_examples(task: str, lm: LoadedModel, count: int, context_tokens: int, seed: int = 0,
-                  docs: int = 3, continuation_tokens: int = 64) -> list[QAExample] | list[LMExample]:
-    """The examples of ``task`` (deterministic for a given tokenizer, seed and sizes)."""
+                  docs: int = 3, continuation_tokens: int = 64,
+                  rotate: bool = False) -> list[QAExample] | list[LMExample]:
+    """The examples of ``task`` (deterministic for a given tokenizer, seed and sizes); ``rotate``
+    applies to ``rag-qa`` only (see ``make_rag_examples``)."""
+    if rotate and task != "rag-qa":
+        raise ValueError(f"rotate applies to rag-qa only, not {task}")
     if count < 1:
         raise ValueError(f"examples must be >= 1, got {count}")
     if context_tokens < 1:
@@ -275,7 +293,7 @@ def make_examples(task: str, lm: LoadedModel, count: int, context_tokens: int, s
     if task == "passkey":
         return make_passkey_examples(lm, count, context_tokens, seed)
     if task == "rag-qa":
-        return make_rag_examples(lm, count, context_tokens, docs, seed)
+        return make_rag_examples(lm, count, context_tokens, docs, seed, rotate)
     if task == "multiturn":
         return make_multiturn_examples(lm, count, context_tokens, seed=seed)
     if task == "lm-loss":
@@ -488,6 +506,19 @@ def _run_lm(lm: LoadedModel, compressors: list[Compressor], examples: list[LMExa
     return methods, full, none, [len(e.context_ids) for e in examples]
 
 
+def _by_position(tally: _Tally, docs: int) -> list[float]:
+    """Accuracy with the asked document at each position, for ``--rotate`` (whose examples cycle
+    through the positions in order)."""
+    return [sum(tally.scores[p::docs]) / len(tally.scores[p::docs]) for p in range(docs)]
+
+
+def _rotation_report(args: argparse.Namespace, full: _Tally) -> dict[str, Any]:
+    """The report's fields that say the rag-qa examples were rotated (none when they were not)."""
+    if not getattr(args, "rotate", False):
+        return {}
+    return {"rotated": True, "docs": args.docs, "full_by_position": _by_position(full, args.docs)}
+
+
 def _per_example(task: str, examples: Sequence[QAExample | LMExample], methods: dict[str, _Tally],
                  full: _Tally, none: _Tally) -> list[dict[str, Any]]:
     """Every example under every condition (``--details``): the answers of a QA task with the one
@@ -526,6 +557,8 @@ def check_task_options(args: argparse.Namespace) -> None:
     Why: a figure measured without the option a user asked for (``--live-tail`` on a QA task, say)
     would be reported as if it had been applied.
     """
+    if getattr(args, "rotate", False) and args.task != "rag-qa":
+        raise ValueError(f"--rotate applies to --task rag-qa only, not {args.task}")
     if args.task == "lm-loss":
         return
     if args.live_tail:
@@ -554,7 +587,7 @@ def run_matrix(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[
                    for name, ratio, plugin, keep in specs]
     context_tokens = args.context_tokens or DEFAULT_CONTEXT_TOKENS[args.task]
     examples = make_examples(args.task, lm, args.examples, context_tokens, args.seed, args.docs,
-                             args.continuation_tokens)
+                             args.continuation_tokens, getattr(args, "rotate", False))
     if args.task == "lm-loss":
         tallies, full, none, lengths = _run_lm(lm, compressors, examples, args.live_tail)  # type: ignore[arg-type]
     else:
@@ -570,6 +603,8 @@ def run_matrix(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[
                        ratio_to_full=math.exp(full_score - score))
         else:
             row.update(ratio_to_full=(score / full_score) if full_score else None, digits_found=tally.digits_mean())
+            if getattr(args, "rotate", False):
+                row["by_position"] = _by_position(tally, args.docs)
         rows.append(row)
     report: dict[str, Any] = {
         "task": args.task, "metric": "loss" if args.task == "lm-loss" else "accuracy", "model": lm.name,
@@ -577,6 +612,7 @@ def run_matrix(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[
         "seed": args.seed, "full": full_score, "none": none_score, "methods": rows,
         **({"live_tail": args.live_tail} if args.task == "lm-loss" else
            {"full_digits_found": full.digits_mean(), "none_digits_found": none.digits_mean()}),
+        **_rotation_report(args, full),
     }
     if getattr(args, "details", False):
         # One key per --methods entry, as the rows name them.
@@ -627,7 +663,7 @@ def run(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[str, An
     compressor = build_compressor(args.compressor, args.ratio, args.window, args.plugin, args.sink, lm=lm, keep=keep)
     context_tokens = args.context_tokens or DEFAULT_CONTEXT_TOKENS[args.task]
     examples = make_examples(args.task, lm, args.examples, context_tokens, args.seed, args.docs,
-                             args.continuation_tokens)
+                             args.continuation_tokens, getattr(args, "rotate", False))
     if args.task == "lm-loss":
         (method,), full, none, lengths = _run_lm(lm, [compressor], examples, args.live_tail)  # type: ignore[arg-type]
     else:
@@ -661,7 +697,10 @@ def run(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[str, An
             max_new_tokens=args.max_tokens,
             digits_found=method.digits_mean(), full_digits_found=full.digits_mean(),
             none_digits_found=none.digits_mean(),
+            **_rotation_report(args, full),
         )
+        if getattr(args, "rotate", False):
+            report["by_position"] = _by_position(method, args.docs)
     report["kept_slots_per_token"] = method.kept_per_token()
     report["full_slots_per_token"] = full.kept_per_token()
     if getattr(args, "details", False):
@@ -708,6 +747,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="context length in tokens (default: " +
                         ", ".join(f"{k} {v}" for k, v in DEFAULT_CONTEXT_TOKENS.items()) + ")")
     parser.add_argument("--docs", type=int, default=3, help="documents per rag-qa example")
+    parser.add_argument("--rotate", action="store_true",
+                        help="rag-qa: ask each drawn example once with the asked document at every position "
+                        "(--examples x --docs answers; the report adds accuracy by position)")
     parser.add_argument("--continuation-tokens", type=int, default=64, help="scored tokens per lm-loss example")
     parser.add_argument("--live-tail", type=_non_negative, default=0,
                         help="lm-loss: keep the context's last N tokens raw in every condition, so the "

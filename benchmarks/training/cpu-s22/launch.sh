@@ -1,0 +1,33 @@
+#!/bin/bash
+# CPU runs of 2026-11-25 (twenty-second session), warm-started from the shipped plug-in
+# (`cpu-s21/codes-long-segs` step 480, run 14, digest d2c790a53dfc), anchored (0.1) towards
+# `cpu-s17/lm40` step 189 as runs 13-14 were, numbers kept raw, --segments.
+# Why: the held-out dev curve of document codes has been flat since `codes-focus` at rank 32.
+# Capacity is the untried lever on this recipe. The two runs differ in one thing only:
+#   wide96: the rank-32 deltas widened to rank 96 (the new directions start at zero, so step 0
+#           computes exactly what run 14 does)
+#   r32:    rank 32 kept: the control, so that a gain of wide96 is not just more steps
+# Same seed (44, new to these plug-ins), so the same examples in the same order. Mixture and
+# schedule as in cpu-s21: codes 0.5, multidoc 0.2, lm 0.15, passkey 0.1, multiturn 0.05; contexts
+# 448-704 tokens; lr 3e-4 on a cosine over 480 steps. One thread on one core.
+#   launch.sh NAME CORE [SECONDS] [STEPS]     default 4200 s, 480 steps
+set -euo pipefail
+name=$1; core=$2; seconds=${3:-4200}; steps=${4:-480}
+cd "$(git rev-parse --show-toplevel)"
+mix='{"codes": 0.5, "multidoc": 0.2, "lm": 0.15, "passkey": 0.1, "multiturn": 0.05}'
+from_run14=benchmarks/training/cpu-s21/codes-long-segs/step-480/plugin
+anchor=benchmarks/training/cpu-s17/lm40/step-189/plugin
+case $name in
+  wide96) rank=96 ;;
+  r32) rank=32 ;;
+  *) echo "unknown run $name" >&2; exit 2 ;;
+esac
+mkdir -p runs/s22
+taskset -c "$core" env OMP_NUM_THREADS=1 .venv/bin/python -m beacon_rag.beacon.train \
+  --output-dir "runs/s22/$name" --init-plugin "$from_run14" --anchor-plugin "$anchor" --anchor-weight 0.1 \
+  --answer-weight 3.0 --low-rank "$rank" --keep numbers --segments \
+  --seed 44 --tasks "$mix" --context-tokens 448,704 --lr 3e-4 \
+  --warmup-steps 10 --window 256 --target-tokens 48 --distill-weight 0 --raw-loss-weight 1.0 \
+  --ratios 2,4,8 --steps "$steps" --checkpoint-every 80 \
+  --keep-checkpoints 100 --eval-every 0 --threads 1 --no-progress --time-limit "$seconds" \
+  > "runs/s22/$name.out" 2>&1
