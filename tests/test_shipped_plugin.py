@@ -53,3 +53,15 @@ def test_a_plugin_given_by_path_runs_with_the_window_it_was_trained_with(tiny_mo
     explicit = Engine(lm, compressor="beacon", compressor_options={"ratio": 4, "plugin": folder, "window": 16},
                       persist=False)
     assert explicit.compressor.spec()["window"] == 16  # the caller's choice still wins
+
+
+def test_every_shipped_plugin_is_trained_and_within_the_size_budget():
+    """The issue's budget for a shipped plug-in is 40 MB: wheels carry it, and a GPU lease carries it
+    as a starting point. A larger rank (or full-rank copies) would pass every other test silently."""
+    folders = [f for f in beacon_module.shipped_plugins_dir().iterdir() if (f / "beacon_config.json").is_file()]
+    assert folders, "no plug-in is shipped"
+    for folder in folders:
+        size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+        assert size <= 40_000_000, f"{folder.name}: {size:,} bytes"
+        config = json.loads((folder / "beacon_config.json").read_text())
+        assert config["trained"] is True and config["digest"] and (folder / "TRAINING.md").is_file()
