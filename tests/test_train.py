@@ -455,6 +455,33 @@ def test_anchor_plugin_pulls_towards_another_plugin_than_the_start(tmp_path, lm,
         trainer(config(tmp_path / "narrow", low_rank=2, anchor_plugin=anchor_dir, anchor_weight=1.0), lm, examples)
 
 
+def test_a_narrower_anchor_pulls_the_directions_it_lacks_towards_adding_nothing(tmp_path, lm, examples):
+    """A rank-8 start (trained, from another seed) anchored to a rank-4 plug-in: the anchor holds
+    the rank-4 deltas in the first directions, zero B columns and the start's own A rows in the
+    others, so the pull does not drag trained A rows towards some other random matrix."""
+    first = trainer(config(tmp_path / "narrow", steps=4, checkpoint_every=4), lm, examples)
+    first.run(progress=False)
+    narrow = dict(first.plugin.named_parameters())
+    start = BeaconPlugin.from_model(lm, low_rank=8, seed=99)
+    with torch.no_grad():
+        for name, p in start.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(0, 0.01, generator=torch.Generator().manual_seed(7))
+    start_dir = str(start.save(tmp_path / "start"))
+    t = trainer(config(tmp_path / "run", low_rank=8, seed=5, init_plugin=start_dir, anchor_weight=1.0,
+                       anchor_plugin=str(first.checkpoints()[-1] / "plugin")), lm, examples)
+    anchor = dict(zip((name for name, _ in t.plugin.named_parameters()), t.anchor, strict=True))
+    started = dict(start.named_parameters())
+    checked = 0
+    for name, value in anchor.items():
+        if name.endswith("lora_A"):
+            assert torch.equal(value[:4], narrow[name]) and torch.equal(value[4:], started[name][4:]), name
+            checked += 1
+        elif name.endswith("lora_B"):
+            assert torch.equal(value[:, :4], narrow[name]) and not value[:, 4:].any(), name
+    assert checked > 0
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(lm, examples):
     """Recomputing windows in backward must not change a single gradient: each window is a pure
     function of its inputs, with the beacon hooks entered again during the recomputation (a

@@ -523,8 +523,13 @@ class Trainer:
         """The weights the anchor term pulls towards, one detached tensor per trained parameter."""
         if not self.config.anchor_plugin:
             return [p.detach().clone() for p in self.params]
-        # Built like self.plugin (same rank and seed), so widened directions match too.
+        # Start from this run's starting weights: an anchor of a smaller rank fills its own
+        # directions, and the ones it lacks keep the start's A rows with zero B columns (they pull
+        # towards adding nothing). A fresh from_model() here would do the same only when the start
+        # was widened from this run's seed; a start already at this rank (a widened run continued
+        # under another seed) has other A rows, and the pull would drag them towards random ones.
         target = BeaconPlugin.from_model(self.lm, low_rank=self.config.low_rank, seed=self.config.seed)
+        target.load_state_dict(self.plugin.state_dict())
         self._load_into(target, Path(self.config.anchor_plugin), "anchor")
         return [p.detach().clone() for p in target.parameters()]
 
