@@ -586,8 +586,9 @@ def run_matrix(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[
     compressors = [build_compressor(name, ratio, args.window if name == "beacon" else None, plugin, lm=lm, keep=keep)
                    for name, ratio, plugin, keep in specs]
     context_tokens = args.context_tokens or DEFAULT_CONTEXT_TOKENS[args.task]
+    rotate = getattr(args, "rotate", False)
     examples = make_examples(args.task, lm, args.examples, context_tokens, args.seed, args.docs,
-                             args.continuation_tokens, getattr(args, "rotate", False))
+                             args.continuation_tokens, rotate)
     if args.task == "lm-loss":
         tallies, full, none, lengths = _run_lm(lm, compressors, examples, args.live_tail)  # type: ignore[arg-type]
     else:
@@ -603,7 +604,7 @@ def run_matrix(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[
                        ratio_to_full=math.exp(full_score - score))
         else:
             row.update(ratio_to_full=(score / full_score) if full_score else None, digits_found=tally.digits_mean())
-            if getattr(args, "rotate", False):
+            if rotate:
                 row["by_position"] = _by_position(tally, args.docs)
         rows.append(row)
     report: dict[str, Any] = {
@@ -662,8 +663,9 @@ def run(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[str, An
     lm = lm if lm is not None else load_model(args.model)
     compressor = build_compressor(args.compressor, args.ratio, args.window, args.plugin, args.sink, lm=lm, keep=keep)
     context_tokens = args.context_tokens or DEFAULT_CONTEXT_TOKENS[args.task]
+    rotate = getattr(args, "rotate", False)
     examples = make_examples(args.task, lm, args.examples, context_tokens, args.seed, args.docs,
-                             args.continuation_tokens, getattr(args, "rotate", False))
+                             args.continuation_tokens, rotate)
     if args.task == "lm-loss":
         (method,), full, none, lengths = _run_lm(lm, [compressor], examples, args.live_tail)  # type: ignore[arg-type]
     else:
@@ -699,7 +701,7 @@ def run(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[str, An
             none_digits_found=none.digits_mean(),
             **_rotation_report(args, full),
         )
-        if getattr(args, "rotate", False):
+        if rotate:
             report["by_position"] = _by_position(method, args.docs)
     report["kept_slots_per_token"] = method.kept_per_token()
     report["full_slots_per_token"] = full.kept_per_token()
