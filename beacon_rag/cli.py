@@ -32,6 +32,9 @@ def _engine_options(parser: argparse.ArgumentParser, placement: str = "chained")
                         help="beacon only: also keep these tokens raw among the beacons (digits; numbers: "
                         "digits and the token ending each number) or none; default: what the plug-in was "
                         "trained with")
+    parser.add_argument("--tail", type=int, default=None,
+                        help="beacon only: keep each segment's newest N tokens raw after the beacons of the "
+                        "older ones (the paper's live window; N more slots); default 0")
     parser.add_argument("--placement", default=placement, choices=["chained", "independent"],
                         help=f"chained: exact, documents reused as a prefix; independent: documents reused in "
                         f"any order, approximate (see README) (default: {placement})")
@@ -46,7 +49,7 @@ def _engine_options(parser: argparse.ArgumentParser, placement: str = "chained")
 def build_engine(args: argparse.Namespace, **overrides: Any) -> Any:
     from beacon_rag.engine import Engine
 
-    options = compressor_options(args.ratio, args.window, args.keep)
+    options = compressor_options(args.ratio, args.window, args.keep, args.tail)
     kwargs: dict[str, Any] = {"compressor": args.compressor, "compressor_options": options,
                               "placement": args.placement, "repair_tokens": args.repair_tokens,
                               "cache_dir": args.cache_dir, "redis_url": getattr(args, "redis_url", None)}
@@ -264,9 +267,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "compressor", None) == "exact" and (
         getattr(args, "ratio", None) is not None or getattr(args, "window", None) is not None
-        or getattr(args, "keep", None) is not None
+        or getattr(args, "keep", None) is not None or getattr(args, "tail", None) is not None
     ):
-        raise SystemExit("error: --ratio, --window and --keep apply to compressing methods; exact keeps every token")
+        raise SystemExit("error: --ratio, --window, --keep and --tail apply to compressing methods; "
+                         "exact keeps every token")
+    if (getattr(args, "tail", None) or 0) < 0:
+        raise SystemExit(f"error: --tail must be a whole number of tokens >= 0, got {args.tail}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:

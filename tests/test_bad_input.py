@@ -67,9 +67,12 @@ def test_unknown_compressor_placement_and_ratio(tiny_models, tmp_path):
     with pytest.raises(ValueError, match="repair_tokens must be >= 0"):
         Engine(tiny_models["llama"], repair_tokens=-1, cache_dir=tmp_path)
     done = run_cli("ask", "--docs", "README.md", "--question", "q", "--ratio", "4")
-    assert done.returncode != 0 and "--ratio, --window and --keep apply to compressing methods" in done.stderr
-    done = run_cli("ask", "--docs", "README.md", "--question", "q", "--keep", "digits")
-    assert done.returncode != 0 and "--keep apply to compressing methods" in done.stderr
+    assert done.returncode != 0 and "--ratio, --window, --keep and --tail apply to compressing methods" in done.stderr
+    for option, value in (("--keep", "digits"), ("--tail", "64")):
+        done = run_cli("ask", "--docs", "README.md", "--question", "q", option, value)
+        assert done.returncode != 0 and "--tail apply to compressing methods" in done.stderr
+    done = run_cli("ask", "--docs", "README.md", "--question", "q", "--compressor", "beacon", "--tail", "-1")
+    assert done.returncode != 0 and "--tail must be a whole number of tokens >= 0, got -1" in done.stderr
     with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
         Engine(tiny_models["llama"], cache_dir=tmp_path).generate("hi", max_new_tokens=0)
 

@@ -586,3 +586,73 @@ def test_a_plugin_trained_with_verbatim_tokens_keeps_them_unless_told_not_to(tin
     other = Engine(lm, compressor="beacon", compressor_options={"ratio": 4, "plugin": folder, "keep": "digits"},
                    persist=False)
     assert other.compressor.spec()["keep"] == "digits"
+
+
+# --------------------------------------------------------------------------- raw tail (the live window)
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("context_len", [0, 5])
+def test_tail_is_a_plain_prefill_after_the_older_tokens_beacons(tiny_models, family, context_len):
+    """The tail's slots are exactly the plain model's K/V after [context | older tokens' beacons],
+    the older tokens' slots exactly what compressing them alone gives, and the next token's
+    logits follow from that memory."""
+    lm = tiny_models[family]
+    plugin = perturbed_plugin(lm)
+    ids, tail = random_ids(45, seed=3), 7
+    context = exact_context(lm, random_ids(context_len, seed=4))
+    kv = BeaconCompressor(ratio=4, window=16, sink=1, plugin=plugin, tail=tail).compress(lm, ids, context)
+    older = compress_segment(lm, plugin, ids[:-tail], context, window=16, ratio=4, sink=1)
+    memory = context.copy()
+    memory.append(older)
+    tail_keys, tail_values = prefill_pre_rope(lm, ids[-tail:], memory)
+    assert kv.slots == older.slots + tail and kv.raw_tokens == len(ids)
+    assert torch.equal(kv.keys, torch.cat([older.keys, tail_keys], dim=2))
+    assert torch.equal(kv.values, torch.cat([older.values, tail_values], dim=2))
+    assert kv.info == {**older.info, "tail": tail}
+    # The tail really saw the beacons: without them its keys differ.
+    alone, _ = prefill_pre_rope(lm, ids[-tail:], context)
+    assert not torch.allclose(alone, tail_keys)
+    with torch.inference_mode():
+        after_tail = next_logits(lm, context, kv, ids[:1])
+        after_older = lm.model(input_ids=torch.tensor([ids[-tail:] + ids[:1]]),
+                               **lm.cache_kwargs(_placed_cache(context, older)), use_cache=True).logits[0, -1]
+    torch.testing.assert_close(after_tail[-1], after_older, rtol=1e-4, atol=1e-4)
+
+
+def _placed_cache(context: KVContext, kv: CompressedKV):
+    placed = context.copy()
+    placed.append(kv)
+    return placed.to_cache()
+
+
+def test_a_tail_as_long_as_the_segment_keeps_it_all_raw(tiny_models):
+    lm = tiny_models["llama"]
+    ids = random_ids(12, seed=5)
+    kv = BeaconCompressor(ratio=4, window=8, plugin=perturbed_plugin(lm), tail=50).compress(lm, ids, KVContext(lm))
+    keys, values = prefill_pre_rope(lm, ids, KVContext(lm))
+    assert kv.slots == 12 and torch.equal(kv.keys, keys) and torch.equal(kv.values, values)
+    assert kv.info["tail"] == 12 and kv.info["beacons"] == 0
+
+
+def test_tail_option_spec_adapt_and_validation(tiny_models):
+    plain = BeaconCompressor(ratio=4, window=8)
+    tailed = BeaconCompressor(ratio=4, window=8, tail=16)
+    assert "tail" not in plain.spec()  # keys of caches built before the option stay as they were
+    assert tailed.spec() == {**plain.spec(), "tail": 16}
+    for bad in (-1, True, 2.5):
+        with pytest.raises(ValueError, match="tail must be a whole number"):
+            BeaconCompressor(ratio=4, window=8, tail=bad)  # type: ignore[arg-type]
+    # adapt leaves room for the tail's raw slots after the older tokens' beacons
+    small = tiny_model("llama", tiny_models["llama"].tokenizer, max_positions=40)
+    adapt = BeaconCompressor(ratio="adapt", window=8, reserve=16, tail=10)
+    assert adapt.resolve_ratio(small, 40, 0) == 2                  # 20 + 16 <= 40
+    assert adapt.resolve_ratio(small, 40, 0, after=10) == 4        # 20 + 10 + 16 > 40; 10 + 10 + 16 fits
+    kv = adapt.compress(small, random_ids(50), KVContext(small))   # 40 older tokens, 10 raw
+    assert kv.info["ratio"] == 4 and kv.slots == 10 + 10
+
+
+def test_engine_options_pass_the_tail_and_refuse_it_elsewhere(tiny_models):
+    lm = tiny_models["llama"]
+    engine = Engine(lm, compressor="beacon", compressor_options={"ratio": 4, "window": 8, "tail": 6}, persist=False)
+    assert engine.compressor.spec()["tail"] == 6
+    with pytest.raises(ValueError, match="does not accept"):
+        Engine(lm, compressor="streaming", compressor_options={"ratio": 4, "tail": 6}, persist=False)

@@ -228,17 +228,24 @@ def test_build_compressor_refuses_options_that_do_not_apply():
     assert quality.parse_quality_ratio("2.5") == 2.5 and quality.parse_quality_ratio("adapt") == "adapt"
     assert quality.build_compressor("beacon", 4, keep="digits").spec()["keep"] == "digits"
     assert "keep" not in quality.build_compressor("beacon", 4, keep="none").spec()
-    with pytest.raises(ValueError, match="keep apply to the beacon compressor only"):
+    with pytest.raises(ValueError, match="keep and --tail apply to the beacon compressor only"):
         quality.build_compressor("knorm", 4, keep="digits")
+    with pytest.raises(ValueError, match="keep and --tail apply to the beacon compressor only"):
+        quality.build_compressor("streaming", 4, tail=16)
+    assert quality.build_compressor("beacon", 8, keep="none", tail=128).spec()["tail"] == 128
+    assert "tail" not in quality.build_compressor("beacon", 8, tail=0).spec()
     with pytest.raises(ValueError, match="keep must be one of digits, numbers, none"):
         quality.build_compressor("beacon", 4, keep="words")
 
 
-def test_methods_name_verbatim_tokens():
-    assert quality.parse_method("beacon:4") == ("beacon", 4, None, None)
-    assert quality.parse_method("beacon+digits:8:some/plugin") == ("beacon", 8, "some/plugin", "digits")
-    assert quality.parse_method("beacon+none:4:untrained") == ("beacon", 4, "untrained", "none")
-    for bad in ("knorm+digits:4", "beacon+words:4", "beacon+:4:x:y"):
+def test_methods_name_verbatim_tokens_and_a_raw_tail():
+    assert quality.parse_method("beacon:4") == ("beacon", 4, None, None, None)
+    assert quality.parse_method("beacon+digits:8:some/plugin") == ("beacon", 8, "some/plugin", "digits", None)
+    assert quality.parse_method("beacon+none:4:untrained") == ("beacon", 4, "untrained", "none", None)
+    assert quality.parse_method("beacon+none+tail128:8") == ("beacon", 8, None, "none", 128)
+    assert quality.parse_method("beacon+tail0+numbers:4").tail == 0
+    for bad in ("knorm+digits:4", "beacon+words:4", "beacon+:4:x:y", "streaming+tail8:4", "beacon+tail:4",
+                "beacon+tail-3:4", "beacon+tail8+tail16:4", "beacon+digits+none:4"):
         with pytest.raises(ValueError, match="beacon"):
             quality.parse_method(bad)
 

@@ -34,7 +34,9 @@ fixed seeds, so every method and every run sees the same examples):
   the paper's live window stays raw. The compressor then only sees the older tokens, and the gap
   measures what the memory keeps of them; with no tail the figure mostly measures the last few
   tokens before the continuation, which is why keeping the newest tokens (``streaming``) looks so good
-  there. Their ``N`` raw slots count in ``kept_slots_per_token``.
+  there. Their ``N`` raw slots count in ``kept_slots_per_token``. A beacon method with a tail of its
+  own (``beacon+tail128:8``, or ``--tail``) stores such raw tokens inside each cached segment
+  instead, so they count against that method's own budget and ``none`` stays the empty context.
 
 ``kept_slots_per_token`` counts every cached segment (system prompt and chat glue included, as the
 engine compresses them all); the live question tail is not counted.
@@ -57,7 +59,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -375,22 +377,24 @@ def build_compressor(
     sink: int | None = None,
     lm: LoadedModel | None = None,
     keep: str | None = None,
+    tail: int | None = None,
 ) -> Compressor:
     """The compressor under test; options that do not apply to ``name`` are refused, not ignored.
 
     ``keep`` (beacon only): ``None`` keeps what the plug-in was trained with, a kind of
-    ``KEEP_KINDS`` forces those verbatim tokens, ``"none"`` forces beacons only.
+    ``KEEP_KINDS`` forces those verbatim tokens, ``"none"`` forces beacons only. ``tail`` (beacon
+    only): each segment's newest tokens kept raw after the beacons.
 
     Built here rather than through the registry so this bench does not depend on which
     methods ``beacon_rag.compressors`` has registered yet.
     """
     if name not in COMPRESSORS:
         raise ValueError(f"unknown compressor {name!r}; use one of {', '.join(COMPRESSORS)}")
-    if name != "beacon" and (window is not None or plugin is not None or keep is not None):
-        raise ValueError("--window, --plugin and --keep apply to the beacon compressor only")
+    if name != "beacon" and (window is not None or plugin is not None or keep is not None or tail is not None):
+        raise ValueError("--window, --plugin, --keep and --tail apply to the beacon compressor only")
     if keep is not None and keep not in KEEP_CHOICES:
         raise ValueError(f"keep must be one of {', '.join(KEEP_CHOICES)}, got {keep!r}")
-    forced_keep = compressor_options(None, None, keep)  # {} or {"keep": kind}, "none" read as None
+    forced = compressor_options(None, None, keep, tail)  # {"keep": kind} ("none" read as None), {"tail": N}
     if name != "streaming" and sink is not None:
         raise ValueError("--sink applies to the streaming compressor only")
     if name == "exact":
@@ -407,8 +411,8 @@ def build_compressor(
             # Same window as the shipped plug-in it is compared with: only the weights differ.
             shipped = default_beacon_options(lm, {"ratio": ratio}) if lm is not None else {}
             return BeaconCompressor(ratio=ratio, window=window or shipped.get("window", DEFAULT_WINDOW),
-                                    keep=forced_keep.get("keep"))
-        options: dict[str, object] = {"ratio": ratio, **forced_keep}
+                                    keep=forced.get("keep"), tail=forced.get("tail", 0))
+        options: dict[str, object] = {"ratio": ratio, **forced}
         if window is not None:
             options["window"] = window
         if plugin is not None:
@@ -533,22 +537,44 @@ def _per_example(task: str, examples: Sequence[QAExample | LMExample], methods: 
     return rows
 
 
-def parse_method(spec: str) -> tuple[str, float | str, str | None, str | None]:
-    """``NAME[+KEEP]:RATIO[:PLUGIN]`` as given to ``--methods`` -> (name, ratio, plug-in, keep).
+class MethodSpec(NamedTuple):
+    """One ``--methods`` entry: compressor name, ratio, plug-in, verbatim kind and raw tail."""
+
+    name: str
+    ratio: float | str
+    plugin: str | None = None
+    keep: str | None = None
+    tail: int | None = None
+
+
+def parse_method(spec: str) -> MethodSpec:
+    """``NAME[+KEEP][+tailN]:RATIO[:PLUGIN]`` as given to ``--methods``.
 
     E.g. ``beacon:4``, ``beacon:4:untrained``, ``knorm:8``; ``beacon+digits:4`` forces verbatim
-    digits and ``beacon+none:4`` forces beacons only (see ``build_compressor``).
+    digits and ``beacon+none:4`` forces beacons only (see ``build_compressor``);
+    ``beacon+none+tail128:8`` keeps each segment's newest 128 tokens raw after ratio-8 beacons.
     """
+    usage = ("--methods entries look like beacon:4, beacon:4:untrained, beacon+digits:4, beacon+tail128:8, "
+             f"streaming:8 or knorm:8; got {spec!r}")
     parts = spec.split(":")
-    name, _, keep = parts[0].partition("+")
+    name, *modifiers = parts[0].split("+")
     if len(parts) not in (2, 3) or name not in COMPRESSORS or name == "exact":
-        raise ValueError(f"--methods entries look like beacon:4, beacon:4:untrained, beacon+digits:4, streaming:8 "
-                         f"or knorm:8; got {spec!r}")
+        raise ValueError(usage)
     if len(parts) == 3 and name != "beacon":
         raise ValueError(f"only beacon takes a plug-in (third field), got {spec!r}")
-    if keep and (name != "beacon" or keep not in KEEP_CHOICES):
-        raise ValueError(f"only beacon takes +KEEP, one of {', '.join(KEEP_CHOICES)}; got {spec!r}")
-    return name, parse_quality_ratio(parts[1]), parts[2] if len(parts) == 3 else None, keep or None
+    keep: str | None = None
+    tail: int | None = None
+    for modifier in modifiers:
+        if name != "beacon":
+            raise ValueError(f"only beacon takes +KEEP or +tailN; got {spec!r}")
+        if modifier in KEEP_CHOICES and keep is None:
+            keep = modifier
+        elif modifier.startswith("tail") and modifier[4:].isdigit() and tail is None:
+            tail = int(modifier[4:])
+        else:
+            raise ValueError(f"+{modifier} is not one of +{', +'.join(KEEP_CHOICES)} or +tailN "
+                             f"(each at most once); got {spec!r}")
+    return MethodSpec(name, parse_quality_ratio(parts[1]), parts[2] if len(parts) == 3 else None, keep, tail)
 
 
 def check_task_options(args: argparse.Namespace) -> None:
@@ -580,11 +606,12 @@ def run_matrix(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[
     started = time.perf_counter()
     check_task_options(args)
     specs = [parse_method(m) for m in args.methods.split(",") if m.strip()]
-    for name, ratio, plugin, keep in specs:  # bad options fail before the model loads
-        build_compressor(name, ratio, args.window if name == "beacon" else None, plugin, keep=keep)
+    for name, ratio, plugin, keep, tail in specs:  # bad options fail before the model loads
+        build_compressor(name, ratio, args.window if name == "beacon" else None, plugin, keep=keep, tail=tail)
     lm = lm if lm is not None else load_model(args.model)
-    compressors = [build_compressor(name, ratio, args.window if name == "beacon" else None, plugin, lm=lm, keep=keep)
-                   for name, ratio, plugin, keep in specs]
+    compressors = [build_compressor(name, ratio, args.window if name == "beacon" else None, plugin, lm=lm, keep=keep,
+                                    tail=tail)
+                   for name, ratio, plugin, keep, tail in specs]
     context_tokens = args.context_tokens or DEFAULT_CONTEXT_TOKENS[args.task]
     rotate = getattr(args, "rotate", False)
     examples = make_examples(args.task, lm, args.examples, context_tokens, args.seed, args.docs,
@@ -658,10 +685,12 @@ def run(args: argparse.Namespace, lm: LoadedModel | None = None) -> dict[str, An
         return run_matrix(args, lm)
     started = time.perf_counter()
     check_task_options(args)
-    keep = getattr(args, "keep", None)
-    build_compressor(args.compressor, args.ratio, args.window, args.plugin, args.sink, keep=keep)  # bad options fail fast
+    keep, tail = getattr(args, "keep", None), getattr(args, "tail", None)
+    build_compressor(args.compressor, args.ratio, args.window, args.plugin, args.sink, keep=keep,
+                     tail=tail)  # bad options fail fast
     lm = lm if lm is not None else load_model(args.model)
-    compressor = build_compressor(args.compressor, args.ratio, args.window, args.plugin, args.sink, lm=lm, keep=keep)
+    compressor = build_compressor(args.compressor, args.ratio, args.window, args.plugin, args.sink, lm=lm, keep=keep,
+                                  tail=tail)
     context_tokens = args.context_tokens or DEFAULT_CONTEXT_TOKENS[args.task]
     rotate = getattr(args, "rotate", False)
     examples = make_examples(args.task, lm, args.examples, context_tokens, args.seed, args.docs,
@@ -740,10 +769,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", choices=KEEP_CHOICES, default=None,
                         help="beacon: also keep these tokens raw (digits, numbers), or none; default: what the "
                         "plug-in was trained with")
+    parser.add_argument("--tail", type=_non_negative, default=None,
+                        help="beacon: keep each segment's newest N tokens raw after the beacons of the older "
+                        "ones (N more slots; default 0)")
     parser.add_argument("--methods", default=None,
                         help="compare several methods on the same examples, e.g. "
-                        "beacon:4,beacon:4:untrained,beacon+digits:4,streaming:4,knorm:4 (replaces "
-                        "--compressor/--ratio)")
+                        "beacon:4,beacon:4:untrained,beacon+digits:4,beacon+none+tail128:8,streaming:4,knorm:4 "
+                        "(replaces --compressor/--ratio)")
     parser.add_argument("--examples", type=int, default=8)
     parser.add_argument("--context-tokens", type=int, default=None,
                         help="context length in tokens (default: " +

@@ -38,11 +38,13 @@ def parse_ratio(text: str) -> int | str:
         raise ValueError(f"ratio must be an integer or 'adapt', got {text!r}") from None
 
 
-def compressor_options(ratio: int | str | None, window: int | None, keep: str | None = None) -> dict[str, Any]:
+def compressor_options(ratio: int | str | None, window: int | None, keep: str | None = None,
+                       tail: int | None = None) -> dict[str, Any]:
     """Keyword options for ``get_compressor`` from optional command-line values.
 
     ``keep`` as spelled on a command line: a kind of verbatim tokens, or ``"none"`` (beacons only,
-    whatever the plug-in was trained with); absent, the plug-in's own setting applies.
+    whatever the plug-in was trained with); absent, the plug-in's own setting applies. ``tail``:
+    the newest tokens of each segment kept raw after the beacons (beacon only).
     """
     options: dict[str, Any] = {}
     if ratio is not None:
@@ -51,6 +53,8 @@ def compressor_options(ratio: int | str | None, window: int | None, keep: str | 
         options["window"] = window
     if keep is not None:
         options["keep"] = None if keep == "none" else keep
+    if tail is not None:
+        options["tail"] = tail
     return options
 
 

@@ -17,6 +17,8 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from beacon_rag.beacon.compress import (
     ALLOWED_RATIOS,
     KEEP_KINDS,
@@ -26,6 +28,7 @@ from beacon_rag.beacon.compress import (
     verbatim_mask,
 )
 from beacon_rag.beacon.plugin import BeaconPlugin
+from beacon_rag.compressors.base import prefill_pre_rope
 from beacon_rag.kv import CompressedKV, KVContext
 from beacon_rag.models import LoadedModel
 
@@ -136,6 +139,15 @@ class BeaconCompressor:
     (loaded lazily, on first ``compress`` or ``spec``, and checked against the model then).
     ``keep`` (one of ``KEEP_KINDS``) also keeps those tokens raw among the beacons: exact numbers,
     at one slot per kept token (see ``beacon_rag.beacon.compress``).
+
+    ``tail`` keeps a segment's newest ``tail`` tokens raw, after the beacons of the older ones: the
+    paper's live window, which stays raw while the windows before it are compressed. Why: text
+    that goes on from where a segment ends (a document being continued, a turn cut mid-sentence)
+    leans on its last few words, which beacons blur; trained beacons read back facts, not the exact
+    last words. The tail's K/V come from a plain forward over ``[context | the older tokens'
+    beacons]``, which is what the paper's raw-token loss trains the beacons for. It costs ``tail``
+    slots: at the budget of ratio ``R``, a ratio of ``2R`` for the older tokens leaves room for a
+    tail of up to ``n / (2R - 1)`` tokens of an ``n``-token segment.
     """
 
     name = "beacon"
@@ -148,6 +160,7 @@ class BeaconCompressor:
         plugin: BeaconPlugin | str | os.PathLike[str] | None = None,
         reserve: int = DEFAULT_RESERVE,
         keep: str | None = None,
+        tail: int = 0,
     ) -> None:
         if keep is not None and keep not in KEEP_KINDS:
             raise ValueError(f"keep must be one of {', '.join(KEEP_KINDS)} or None, got {keep!r}")
@@ -164,7 +177,10 @@ class BeaconCompressor:
             validate(window, ratio, sink)
         if reserve < 0:
             raise ValueError(f"reserve must be non-negative, got {reserve}")
+        if isinstance(tail, bool) or not isinstance(tail, int) or tail < 0:
+            raise ValueError(f"tail must be a whole number of tokens >= 0, got {tail!r}")
         self.ratio, self.window, self.sink, self.reserve, self.keep = ratio, window, sink, reserve, keep
+        self.tail = tail
         self._plugin: BeaconPlugin | None = plugin if isinstance(plugin, BeaconPlugin) else None
         self._plugin_path = None if plugin is None or isinstance(plugin, BeaconPlugin) else os.fspath(plugin)
         self._lock = threading.Lock()
@@ -224,16 +240,20 @@ class BeaconCompressor:
                 spec["untrained"] = True
         if self.ratio == "adapt":
             spec["reserve"] = self.reserve
-        if self.keep:  # absent when off, so keys of caches built before the option stay valid
+        # Both absent when off, so keys of caches built before the options stay valid.
+        if self.keep:
             spec["keep"] = self.keep
+        if self.tail:
+            spec["tail"] = self.tail
         return spec
 
     def resolve_ratio(self, lm: LoadedModel, n: int, context_length: int,
-                      keep_raw: list[bool] | None = None) -> int:
-        """The ratio for one segment: fixed, or chosen by ``adapt`` from the position budget."""
+                      keep_raw: list[bool] | None = None, after: int = 0) -> int:
+        """The ratio for ``n`` tokens: fixed, or chosen by ``adapt`` from the position budget, where
+        ``after`` raw slots (the tail) follow them besides the reserve."""
         if self.ratio != "adapt":
             return int(self.ratio)
-        return choose_ratio(n, context_length, self.window, lm.max_positions, self.reserve, self.sink,
+        return choose_ratio(n, context_length, self.window, lm.max_positions, self.reserve + after, self.sink,
                             keep_raw=keep_raw)
 
     def _warn_if_untrained_ratio(self, plugin: BeaconPlugin, ratio: int) -> None:
@@ -254,10 +274,20 @@ class BeaconCompressor:
 
     def compress(self, lm: LoadedModel, token_ids: list[int], context: KVContext) -> CompressedKV:
         plugin = self.plugin_for(lm)
-        keep_raw = verbatim_mask(lm, token_ids, self.keep) if self.keep else None
-        ratio = self.resolve_ratio(lm, len(token_ids), context.length, keep_raw)
+        tail = min(self.tail, len(token_ids))
+        older = list(token_ids[: len(token_ids) - tail])
+        keep_raw = verbatim_mask(lm, older, self.keep) if self.keep else None
+        ratio = self.resolve_ratio(lm, len(older), context.length, keep_raw, after=tail)
         self._warn_if_untrained_ratio(plugin, ratio)
-        return compress_segment(
-            lm, plugin, list(token_ids), context, window=self.window, ratio=ratio, sink=self.sink,
-            keep_raw=keep_raw,
+        compressed = compress_segment(
+            lm, plugin, older, context, window=self.window, ratio=ratio, sink=self.sink, keep_raw=keep_raw,
+        )
+        if not tail:
+            return compressed
+        memory = context.copy()
+        memory.append(compressed)
+        keys, values = prefill_pre_rope(lm, list(token_ids[len(older):]), memory)
+        return CompressedKV(
+            torch.cat([compressed.keys, keys], dim=2), torch.cat([compressed.values, values], dim=2),
+            raw_tokens=len(token_ids), info={**compressed.info, "tail": tail},
         )
