@@ -22,6 +22,9 @@ seed=45
 case $name in
   more) ratios=2,4,8 ;;
   focus4) ratios=2,4,4,8 ;;
+  # Started after `more` shipped as run 16 (dev 55/54, test 51/48): run 16 continued on new
+  # examples, 240 steps (launch.sh more2 0 1800 240), since more steps moved ratio 4 on both seeds.
+  more2) ratios=2,4,8; seed=46; start=benchmarks/training/cpu-s23/more/step-420/plugin ;;
   *) echo "unknown run $name" >&2; exit 2 ;;
 esac
 mkdir -p runs/s23
