@@ -123,14 +123,21 @@ def test_shipped_plugin_beats_its_untrained_copy_on_held_out_text(embedded):
     the context told the model, where its untrained copy (beacon projections = the base ones) is
     worse than no context at all. A broken export, a plug-in for another model or a mis-loaded
     tensor would fail here; the unit tests on tiny random models cannot see any of that."""
-    args = parse_cli(quality.add_arguments, "--task", "lm-loss", "--methods", "beacon:4,beacon:4:untrained",
+    args = parse_cli(quality.add_arguments, "--task", "lm-loss", "--methods",
+                     "beacon:4,beacon:4:untrained,beacon+none+tail64:8,beacon+none+tail64:8:untrained",
                      "--examples", "2", "--context-tokens", "512")
     report = quality.run(args, lm=embedded)
-    shipped, untrained = report["methods"]
+    shipped, untrained, tailed, untrained_tailed = report["methods"]
     assert shipped["compressor_spec"]["window"] == 256 and "untrained" not in shipped["compressor_spec"]
     assert report["full"] < report["none"]
     assert shipped["gap_recovered"] > 0.1, report
     assert untrained["gap_recovered"] < 0 and shipped["score"] < untrained["score"] - 1.0, report
+    # The newest 64 tokens raw after ratio-8 beacons, inside ratio 4's slot budget: the tail must read
+    # the trained beacons in front of it (the untrained ones mislead it), and it carries the last
+    # words the continuation leans on, which beacons alone blur.
+    assert tailed["compressor_spec"]["tail"] == 64 and tailed["kept_slots_per_token"] < 0.25, report
+    assert tailed["gap_recovered"] > max(0.5, shipped["gap_recovered"]), report
+    assert tailed["score"] < untrained_tailed["score"], report
 
 
 def test_shipped_plugin_reads_back_pass_keys_through_its_kept_numbers(embedded):
