@@ -65,8 +65,11 @@ import json, pathlib, sys
 from beacon_rag.bench.quality import matrix_markdown
 out = pathlib.Path(sys.argv[1])
 order = {"passkey": 0, "rag-qa": 1, "multiturn": 2, "lm-loss": 3}
-reports = sorted((json.loads(p.read_text()) for p in sorted(out.glob("*.json"))),
-                 key=lambda r: order.get(r["task"], 9))
+# A half still running on the other core has an empty file: gather what is finished, say what is not.
+finished = [p for p in sorted(out.glob("*.json")) if p.stat().st_size]
+for p in sorted(set(out.glob("*.json")) - set(finished)):
+    print(f"{p.name} is empty (still running?): left out of table.md", file=sys.stderr)
+reports = sorted((json.loads(p.read_text()) for p in finished), key=lambda r: order.get(r["task"], 9))
 (out / "table.md").write_text(matrix_markdown(reports))
 print(matrix_markdown(reports))
 PY
