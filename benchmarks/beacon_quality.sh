@@ -37,8 +37,8 @@ PY=${PYTHON:-.venv/bin/python}
 mkdir -p "$OUT"
 # Why read the config: the untrained copy must keep the same raw tokens, or the comparison would
 # credit the plug-in with what the kept numbers carry.
-KEEP=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["keep"] or "none")' \
-  "$PLUGIN/beacon_config.json" 2>/dev/null || echo none)
+KEEP=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("keep") or "none")' \
+  "$PLUGIN/beacon_config.json")
 suffix=""
 [ "$RATIOS" != "4 8" ] && suffix="-x${RATIOS// /-}"
 for task in $TASKS; do
@@ -62,14 +62,14 @@ for task in $TASKS; do
 done
 "$PY" - "$OUT" <<'PY'
 import json, pathlib, sys
-from beacon_rag.bench.quality import matrix_markdown
+from beacon_rag.bench.quality import TASKS, matrix_markdown
 out = pathlib.Path(sys.argv[1])
-order = {"passkey": 0, "rag-qa": 1, "multiturn": 2, "lm-loss": 3}
 # A half still running on the other core has an empty file: gather what is finished, say what is not.
 finished = [p for p in sorted(out.glob("*.json")) if p.stat().st_size]
 for p in sorted(set(out.glob("*.json")) - set(finished)):
     print(f"{p.name} is empty (still running?): left out of table.md", file=sys.stderr)
-reports = sorted((json.loads(p.read_text()) for p in finished), key=lambda r: order.get(r["task"], 9))
-(out / "table.md").write_text(matrix_markdown(reports))
-print(matrix_markdown(reports))
+reports = sorted((json.loads(p.read_text()) for p in finished), key=lambda r: TASKS.index(r["task"]))
+table = matrix_markdown(reports)
+(out / "table.md").write_text(table)
+print(table)
 PY
